@@ -1,0 +1,205 @@
+//! The login path: `ClientAuthentication_hook`. The only code that reads `Port`.
+//!
+//! It copies the login's facts into a fixed-size event, pushes it onto the shared-memory
+//! queue without waiting, and sets the worker's latch. No network, no waiting, no SPI.
+//! Fail-open: a Rust panic or PostgreSQL ERROR in our part is caught, counted in
+//! `hook_errors`, logged as one rate-limited WARNING, and the login goes on with the status
+//! it had — an escaped ERROR would become FATAL and refuse the login.
+
+use crate::event::{self, AuthStatus, EventKind, FixedStr, LoginEvent, SslInfo, METHOD_LEN};
+use crate::queue::{Queue, Stats};
+use crate::{guc, shmem};
+use pgrx::pg_sys::libpq::be::Port;
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::{pg_guard, pg_sys, PgTryBuilder};
+use std::cell::Cell;
+use std::ffi::{c_char, CStr};
+use std::sync::atomic::Ordering;
+
+/// At most one hook WARNING per minute, cluster-wide.
+const WARNING_INTERVAL_US: i64 = 60_000_000;
+
+static mut PREV_CLIENT_AUTH_HOOK: pg_sys::libpq::ClientAuthentication_hook_type = None;
+
+pub fn init() {
+    // SAFETY: _PG_init runs once, single-threaded, in the postmaster; we keep the previous
+    // hook and call it first.
+    unsafe {
+        PREV_CLIENT_AUTH_HOOK = pg_sys::libpq::ClientAuthentication_hook;
+        pg_sys::libpq::ClientAuthentication_hook = Some(client_authentication);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn client_authentication(port: *mut Port, status: i32) {
+    // SAFETY: the previous hook gets exactly what PostgreSQL gave us; its errors are its own
+    // and propagate as PostgreSQL errors through pg_guard.
+    unsafe {
+        if let Some(prev) = PREV_CLIENT_AUTH_HOOK {
+            prev(port, status);
+        }
+    }
+    // The client gave up (e.g. psql closing to ask for a password): not a login attempt.
+    if status == pg_sys::STATUS_EOF as i32 || port.is_null() {
+        return;
+    }
+    PgTryBuilder::new(|| report(port, status))
+        .catch_others(note_hook_error)
+        .execute();
+}
+
+/// Our part of the hook: filter, copy, push, wake.
+fn report(port: *mut Port, status: i32) {
+    let Some(queue) = shmem::queue() else { return };
+    // SAFETY: PostgreSQL passes the live Port of this connection; we only read it.
+    let port = unsafe { &*port };
+    let auth_method = auth_method(port);
+    SESSION_AUTH_METHOD.set(auth_method);
+    if !guc::enabled() || guc::function_name().is_empty() {
+        return;
+    }
+    let success = status == pg_sys::STATUS_OK as i32;
+    if !guc::notify_on().includes(success) {
+        return;
+    }
+    // SAFETY: the name fields are NULL or NUL-terminated strings owned by the Port.
+    let (user, database) = unsafe { (c_bytes(port.user_name), c_bytes(port.database_name)) };
+    if guc::skip_user(user) || guc::skip_database(database) {
+        Stats::count(&queue.stats.skipped);
+        return;
+    }
+    let status = if success {
+        AuthStatus::Success
+    } else {
+        AuthStatus::Failure
+    };
+    let ev = login_event(port, EventKind::Login, status, user, auth_method);
+    push_and_wake(queue, &ev);
+}
+
+thread_local! {
+    /// This backend's own authentication method, remembered for `send_test`: after login,
+    /// `Port.hba` points into freed memory (PostmasterContext is deleted).
+    static SESSION_AUTH_METHOD: Cell<FixedStr<METHOD_LEN>> = const { Cell::new(FixedStr::EMPTY) };
+}
+
+// Compatibility shim compiled from src/port_info.c against the server's headers: these Port
+// fields move between versions and build options, so they are not read from Rust.
+unsafe extern "C-unwind" {
+    fn login_notification_auth_method(port: *const Port) -> *const c_char;
+    fn login_notification_ssl_in_use(port: *const Port) -> bool;
+    fn login_notification_ssl_version(port: *const Port) -> *const c_char;
+    fn login_notification_ssl_cipher(port: *const Port) -> *const c_char;
+}
+
+/// Only valid during authentication (see `SESSION_AUTH_METHOD`).
+fn auth_method(port: &Port) -> FixedStr<METHOD_LEN> {
+    // SAFETY: during authentication `hba` is the matched pg_hba line; the shim returns NULL
+    // or a static string.
+    match unsafe { c_bytes(login_notification_auth_method(port)) } {
+        b"" => FixedStr::new(b"unknown"),
+        name => FixedStr::new(name),
+    }
+}
+
+/// An event about the calling backend's own connection (for `send_test`).
+pub fn session_event(kind: EventKind, status: AuthStatus, user: &[u8]) -> LoginEvent {
+    // SAFETY: MyProcPort is NULL or this backend's connection, alive for the session.
+    match unsafe { pg_sys::MyProcPort.cast::<Port>().as_ref() } {
+        Some(port) => login_event(port, kind, status, user, SESSION_AUTH_METHOD.get()),
+        None => LoginEvent {
+            kind,
+            status,
+            user_name: FixedStr::new(user),
+            // SAFETY: MyProcPid is a plain global.
+            backend_pid: unsafe { pg_sys::MyProcPid },
+            time_us: event::now_us(),
+            ..LoginEvent::EMPTY
+        },
+    }
+}
+
+/// Copies the facts of `port` into a fixed-size event.
+fn login_event(
+    port: &Port,
+    kind: EventKind,
+    status: AuthStatus,
+    user: &[u8],
+    auth_method: FixedStr<METHOD_LEN>,
+) -> LoginEvent {
+    // SAFETY: every pointer read here is NULL or a NUL-terminated string owned by the Port
+    // (allocated in TopMemoryContext, alive for the connection).
+    unsafe {
+        let remote_port = c_bytes(port.remote_port);
+        LoginEvent {
+            kind,
+            status,
+            user_name: FixedStr::new(user),
+            database_name: FixedStr::new(c_bytes(port.database_name)),
+            remote_host: FixedStr::new(c_bytes(port.remote_host)),
+            remote_port: std::str::from_utf8(remote_port)
+                .ok()
+                .and_then(|p| p.parse().ok()),
+            application_name: (!port.application_name.is_null())
+                .then(|| FixedStr::new(c_bytes(port.application_name))),
+            auth_method,
+            ssl: login_notification_ssl_in_use(port).then(|| SslInfo {
+                version: non_empty(c_bytes(login_notification_ssl_version(port))),
+                cipher: non_empty(c_bytes(login_notification_ssl_cipher(port))),
+            }),
+            backend_pid: pg_sys::MyProcPid,
+            time_us: event::now_us(),
+        }
+    }
+}
+
+/// Pushes without waiting (a full or busy queue counts a drop) and wakes the worker.
+pub fn push_and_wake(queue: &Queue, ev: &LoginEvent) -> bool {
+    let pushed = queue.push(ev).is_ok();
+    if pushed {
+        let latch = queue.worker.latch.load(Ordering::Acquire);
+        if !latch.is_null() {
+            // SAFETY: the worker published its process latch, which lives in shared memory
+            // (PGPROC); SetLatch on it is the standard cross-process wakeup and is a no-op
+            // when its owner has gone.
+            unsafe { pg_sys::SetLatch(latch.cast()) };
+        }
+    }
+    pushed
+}
+
+fn non_empty<const N: usize>(bytes: &[u8]) -> Option<FixedStr<N>> {
+    (!bytes.is_empty()).then(|| FixedStr::new(bytes))
+}
+
+/// The bytes of a C string, or empty for NULL.
+///
+/// # Safety
+/// `p` must be NULL or point to a NUL-terminated string that outlives the result.
+unsafe fn c_bytes<'a>(p: *const c_char) -> &'a [u8] {
+    if p.is_null() {
+        b""
+    } else {
+        // SAFETY: guaranteed by the caller.
+        unsafe { CStr::from_ptr(p) }.to_bytes()
+    }
+}
+
+/// Counts a caught error and logs it, at most once per minute across the cluster.
+fn note_hook_error(err: CaughtError) {
+    let Some(queue) = shmem::queue() else { return };
+    Stats::count(&queue.stats.hook_errors);
+    if queue.may_warn(event::now_us(), WARNING_INTERVAL_US) {
+        let message = match &err {
+            CaughtError::PostgresError(report)
+            | CaughtError::ErrorReport(report)
+            | CaughtError::RustPanic {
+                ereport: report, ..
+            } => report.message().to_string(),
+        };
+        pgrx::warning!(
+            "login_notification: error in the login hook, login allowed and event not sent: {message} \
+             (further errors are counted in login_notification.stats.hook_errors, logged at most once a minute)"
+        );
+    }
+}

@@ -1,0 +1,434 @@
+//! The bounded queue of login events and the counters, laid out in one block of shared
+//! memory: a header, then `capacity` event slots.
+//!
+//! Backends push (many producers), the worker pops (one consumer). A tiny spinlock built on
+//! a Rust atomic guards the ring indexes; it is held only for one event copy. A producer
+//! never waits for it: after a bounded number of spins it gives up and counts a drop. The
+//! code here calls nothing in PostgreSQL, so it is unit-tested on ordinary heap memory, and
+//! the worker's async threads may update the counters.
+
+use crate::event::LoginEvent;
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU64, Ordering};
+
+/// Longest `last_error` kept, in bytes.
+pub const LAST_ERROR_LEN: usize = 256;
+
+/// Spins a producer (the login path) tries before it drops the event instead of waiting.
+const PRODUCER_SPINS: u32 = 2_000;
+
+/// A test-and-set lock that lives in shared memory.
+#[repr(C)]
+struct SpinLock(AtomicBool);
+
+impl SpinLock {
+    fn try_lock(&self, spins: u32) -> bool {
+        for i in 0..spins {
+            if !self.0.load(Ordering::Relaxed)
+                && self
+                    .0
+                    .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return true;
+            }
+            if i % 64 == 63 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        false
+    }
+
+    /// For the consumer and readers of `last_error`: critical sections are a few hundred
+    /// bytes of copying, so this never waits long.
+    fn lock(&self) {
+        while !self.try_lock(u32::MAX) {}
+    }
+
+    fn unlock(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Counters shown by `login_notification.stats`. Times are microseconds since the Unix
+/// epoch, 0 for "never".
+#[repr(C)]
+pub struct Stats {
+    pub enqueued: AtomicU64,
+    pub sent: AtomicU64,
+    pub failed: AtomicU64,
+    pub retried: AtomicU64,
+    pub dropped: AtomicU64,
+    pub skipped: AtomicU64,
+    pub hook_errors: AtomicU64,
+    pub last_sent_at: AtomicI64,
+    pub last_error_at: AtomicI64,
+    /// When the hook last logged a WARNING (rate-limits the log under a flood).
+    pub last_hook_warning_at: AtomicI64,
+    error_lock: SpinLock,
+    last_error_len: UnsafeCell<usize>,
+    last_error: UnsafeCell<[u8; LAST_ERROR_LEN]>,
+}
+
+// SAFETY: the UnsafeCells are only accessed under error_lock.
+unsafe impl Sync for Stats {}
+
+/// A plain copy of the counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub queued: u64,
+    pub enqueued: u64,
+    pub sent: u64,
+    pub failed: u64,
+    pub retried: u64,
+    pub dropped: u64,
+    pub skipped: u64,
+    pub hook_errors: u64,
+    pub last_sent_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<i64>,
+    pub worker_pid: Option<i32>,
+}
+
+impl Stats {
+    pub fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_sent(&self, at_us: i64) {
+        Self::count(&self.sent);
+        self.last_sent_at.fetch_max(at_us, Ordering::Relaxed);
+    }
+
+    /// Counts a failed delivery and keeps its message (truncated at a UTF-8 boundary).
+    pub fn record_failure(&self, message: &str, at_us: i64) {
+        Self::count(&self.failed);
+        self.set_last_error(message, at_us);
+    }
+
+    pub fn set_last_error(&self, message: &str, at_us: i64) {
+        let mut end = message.len().min(LAST_ERROR_LEN);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.error_lock.lock();
+        // SAFETY: the buffer and its length are only touched while error_lock is held.
+        unsafe {
+            (&mut *self.last_error.get())[..end].copy_from_slice(&message.as_bytes()[..end]);
+            *self.last_error_len.get() = end;
+        }
+        self.last_error_at.store(at_us, Ordering::Relaxed);
+        self.error_lock.unlock();
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.error_lock.lock();
+        // SAFETY: read under error_lock, see set_last_error.
+        let text = unsafe {
+            let len = (*self.last_error_len.get()).min(LAST_ERROR_LEN);
+            String::from_utf8_lossy(&(&*self.last_error.get())[..len]).into_owned()
+        };
+        self.error_lock.unlock();
+        (!text.is_empty()).then_some(text)
+    }
+
+    fn reset(&self) {
+        for c in [
+            &self.enqueued,
+            &self.sent,
+            &self.failed,
+            &self.retried,
+            &self.dropped,
+            &self.skipped,
+            &self.hook_errors,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+        self.last_sent_at.store(0, Ordering::Relaxed);
+        self.set_last_error("", 0);
+    }
+}
+
+/// Where the worker can be woken: its process latch (a pointer into shared memory) and pid.
+#[repr(C)]
+pub struct WorkerSlot {
+    pub latch: AtomicPtr<std::ffi::c_void>,
+    pub pid: AtomicI32,
+}
+
+/// Why an event was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushError {
+    Full,
+    Busy,
+}
+
+/// The header of the shared block; `capacity` slots follow it directly.
+#[repr(C)]
+pub struct Queue {
+    lock: SpinLock,
+    capacity: u64,
+    /// Total pops and pushes since start; `tail - head` is the depth. Guarded by `lock`.
+    head: UnsafeCell<u64>,
+    tail: UnsafeCell<u64>,
+    pub worker: WorkerSlot,
+    pub stats: Stats,
+}
+
+// SAFETY: every mutable field is an atomic or an UnsafeCell guarded by a SpinLock.
+unsafe impl Sync for Queue {}
+
+impl Queue {
+    /// Bytes needed for a queue of `capacity` events.
+    pub const fn size_of(capacity: usize) -> usize {
+        std::mem::size_of::<Queue>() + capacity * std::mem::size_of::<LoginEvent>()
+    }
+
+    /// Lays out an empty queue at `mem`.
+    ///
+    /// # Safety
+    /// `mem` must be valid for writes of `Queue::size_of(capacity)` bytes, aligned for
+    /// `Queue`, and not in use by anyone else while this runs.
+    pub unsafe fn init_at(mem: *mut u8, capacity: usize) -> &'static Queue {
+        let queue = mem.cast::<Queue>();
+        // SAFETY: the caller guarantees size, alignment and exclusive access.
+        unsafe {
+            queue.write(Queue {
+                lock: SpinLock(AtomicBool::new(false)),
+                capacity: capacity as u64,
+                head: UnsafeCell::new(0),
+                tail: UnsafeCell::new(0),
+                worker: WorkerSlot {
+                    latch: AtomicPtr::new(std::ptr::null_mut()),
+                    pid: AtomicI32::new(0),
+                },
+                stats: Stats {
+                    enqueued: AtomicU64::new(0),
+                    sent: AtomicU64::new(0),
+                    failed: AtomicU64::new(0),
+                    retried: AtomicU64::new(0),
+                    dropped: AtomicU64::new(0),
+                    skipped: AtomicU64::new(0),
+                    hook_errors: AtomicU64::new(0),
+                    last_sent_at: AtomicI64::new(0),
+                    last_error_at: AtomicI64::new(0),
+                    last_hook_warning_at: AtomicI64::new(0),
+                    error_lock: SpinLock(AtomicBool::new(false)),
+                    last_error_len: UnsafeCell::new(0),
+                    last_error: UnsafeCell::new([0; LAST_ERROR_LEN]),
+                },
+            });
+            let q = &*queue;
+            for i in 0..capacity {
+                q.slot(i as u64).write(LoginEvent::EMPTY);
+            }
+            q
+        }
+    }
+
+    fn slot(&self, index: u64) -> *mut LoginEvent {
+        let first = (self as *const Queue).wrapping_add(1).cast::<LoginEvent>();
+        first
+            .wrapping_add((index % self.capacity) as usize)
+            .cast_mut()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity as usize
+    }
+
+    /// Queues a copy of `ev` without waiting; counts `enqueued` or `dropped`.
+    pub fn push(&self, ev: &LoginEvent) -> Result<(), PushError> {
+        if !self.lock.try_lock(PRODUCER_SPINS) {
+            Stats::count(&self.stats.dropped);
+            return Err(PushError::Busy);
+        }
+        // SAFETY: head, tail and the slot are accessed only under `lock`; the slot index is
+        // within capacity (modulo), so the write stays inside the block.
+        let result = unsafe {
+            let head = *self.head.get();
+            let tail = *self.tail.get();
+            if tail - head >= self.capacity {
+                Err(PushError::Full)
+            } else {
+                self.slot(tail).write(*ev);
+                *self.tail.get() = tail + 1;
+                Ok(())
+            }
+        };
+        self.lock.unlock();
+        match result {
+            Ok(()) => Stats::count(&self.stats.enqueued),
+            Err(_) => Stats::count(&self.stats.dropped),
+        }
+        result
+    }
+
+    /// Takes the oldest event, if any.
+    pub fn pop(&self) -> Option<LoginEvent> {
+        self.lock.lock();
+        // SAFETY: as in push.
+        let ev = unsafe {
+            let head = *self.head.get();
+            if head == *self.tail.get() {
+                None
+            } else {
+                let ev = self.slot(head).read();
+                *self.head.get() = head + 1;
+                Some(ev)
+            }
+        };
+        self.lock.unlock();
+        ev
+    }
+
+    pub fn len(&self) -> u64 {
+        self.lock.lock();
+        // SAFETY: as in push.
+        let len = unsafe { *self.tail.get() - *self.head.get() };
+        self.lock.unlock();
+        len
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let s = &self.stats;
+        let at = |v: &AtomicI64| Some(v.load(Ordering::Relaxed)).filter(|&t| t != 0);
+        let n = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        StatsSnapshot {
+            queued: self.len(),
+            enqueued: n(&s.enqueued),
+            sent: n(&s.sent),
+            failed: n(&s.failed),
+            retried: n(&s.retried),
+            dropped: n(&s.dropped),
+            skipped: n(&s.skipped),
+            hook_errors: n(&s.hook_errors),
+            last_sent_at: at(&s.last_sent_at),
+            last_error: s.last_error(),
+            last_error_at: at(&s.last_error_at),
+            worker_pid: Some(self.worker.pid.load(Ordering::Relaxed)).filter(|&p| p != 0),
+        }
+    }
+
+    /// Zeroes the counters (not the queue itself).
+    pub fn reset_stats(&self) {
+        self.stats.reset();
+    }
+
+    /// Claims the right to log a hook WARNING: true at most once per `interval_us`.
+    pub fn may_warn(&self, now_us: i64, interval_us: i64) -> bool {
+        let last = &self.stats.last_hook_warning_at;
+        let prev = last.load(Ordering::Relaxed);
+        (prev == 0 || now_us - prev >= interval_us)
+            && last
+                .compare_exchange(prev, now_us, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::FixedStr;
+
+    /// A queue on heap memory, as the shared-memory block would hold it.
+    fn queue(capacity: usize) -> &'static Queue {
+        let words = Queue::size_of(capacity).div_ceil(8);
+        let mem = Box::leak(vec![0u64; words].into_boxed_slice());
+        // SAFETY: freshly leaked, 8-aligned, large enough, used by this test only.
+        unsafe { Queue::init_at(mem.as_mut_ptr().cast(), capacity) }
+    }
+
+    fn ev(n: i32) -> LoginEvent {
+        LoginEvent {
+            backend_pid: n,
+            user_name: FixedStr::new(format!("user{n}").as_bytes()),
+            ..LoginEvent::EMPTY
+        }
+    }
+
+    #[test]
+    fn fifo_with_wraparound() {
+        let q = queue(3);
+        for round in 0..5 {
+            for i in 0..3 {
+                q.push(&ev(round * 10 + i)).unwrap();
+            }
+            assert_eq!(q.len(), 3);
+            for i in 0..3 {
+                assert_eq!(q.pop().unwrap().backend_pid, round * 10 + i);
+            }
+            assert_eq!(q.pop(), None);
+        }
+        assert_eq!(q.snapshot().enqueued, 15);
+    }
+
+    #[test]
+    fn full_queue_drops_and_counts() {
+        let q = queue(2);
+        q.push(&ev(1)).unwrap();
+        q.push(&ev(2)).unwrap();
+        assert_eq!(q.push(&ev(3)), Err(PushError::Full));
+        let s = q.snapshot();
+        assert_eq!((s.queued, s.enqueued, s.dropped), (2, 2, 1));
+        assert_eq!(q.pop().unwrap().user_name.to_str_lossy(), "user1");
+    }
+
+    #[test]
+    fn producer_gives_up_instead_of_waiting_for_the_lock() {
+        let q = queue(4);
+        q.lock.lock();
+        assert_eq!(q.push(&ev(1)), Err(PushError::Busy));
+        q.lock.unlock();
+        assert_eq!(q.snapshot().dropped, 1);
+        q.push(&ev(2)).unwrap();
+    }
+
+    #[test]
+    fn concurrent_producers_lose_nothing_uncounted() {
+        let q = queue(1000);
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    for i in 0..500 {
+                        let _ = q.push(&ev(t * 1000 + i));
+                    }
+                })
+            })
+            .collect();
+        let mut popped = 0;
+        while threads.iter().any(|t| !t.is_finished()) || q.len() > 0 {
+            if q.pop().is_some() {
+                popped += 1;
+            }
+        }
+        for t in threads {
+            t.join().unwrap();
+        }
+        let s = q.snapshot();
+        assert_eq!(s.enqueued + s.dropped, 2000);
+        assert_eq!(popped, s.enqueued);
+    }
+
+    #[test]
+    fn last_error_is_truncated_on_a_char_boundary_and_reset() {
+        let q = queue(1);
+        q.stats.record_failure(&"é".repeat(200), 42);
+        let s = q.snapshot();
+        assert_eq!(s.failed, 1);
+        assert_eq!(s.last_error.unwrap(), "é".repeat(128));
+        assert_eq!(s.last_error_at, Some(42));
+        q.reset_stats();
+        assert_eq!(q.snapshot(), StatsSnapshot::default());
+    }
+
+    #[test]
+    fn hook_warnings_are_rate_limited() {
+        let q = queue(1);
+        assert!(q.may_warn(1_000, 60_000_000));
+        assert!(!q.may_warn(2_000, 60_000_000));
+        assert!(q.may_warn(60_001_000, 60_000_000));
+    }
+}
