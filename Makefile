@@ -1,0 +1,36 @@
+# login_notification — build, test and demo. Run as root on Debian bookworm.
+#   make test   installs what is missing, builds, runs every test
+#   make demo   builds, installs, shows notifications arriving at a local Lambda
+PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+PGRX_TEST_DATA ?= /tmp/ln-pgrx
+PYTEST_ARGS ?=
+
+.PHONY: setup install test unit-test integration-test demo fmt clean
+
+setup:
+	./scripts/setup.sh
+
+install: setup
+	cargo pgrx install --pg-config $(PG_CONFIG)
+
+# Unit tests and #[pg_test]s: cargo pgrx test runs them in a throwaway cluster as the
+# postgres user (PostgreSQL refuses root).
+unit-test: setup
+	rm -rf $(PGRX_TEST_DATA) && mkdir -p $(PGRX_TEST_DATA) && chown postgres:postgres $(PGRX_TEST_DATA)
+	cargo pgrx test pg15 --runas postgres --pgdata $(PGRX_TEST_DATA)
+
+# Real logins against real clusters and a real HTTP endpoint speaking the Lambda Invoke API.
+integration-test: install
+	.venv/bin/python -m pytest tests -v $(PYTEST_ARGS)
+
+test: unit-test integration-test
+
+demo: install
+	.venv/bin/python demo/demo.py
+
+fmt:
+	cargo fmt --all
+
+clean:
+	cargo clean
+	rm -rf .venv $(PGRX_TEST_DATA)
