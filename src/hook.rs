@@ -43,7 +43,13 @@ unsafe extern "C-unwind" fn client_authentication(port: *mut Port, status: i32) 
     if status == pg_sys::STATUS_EOF as i32 || port.is_null() {
         return;
     }
-    PgTryBuilder::new(|| report(port, status))
+    fail_open(|| report(port, status));
+}
+
+/// Runs our part of the login path so that nothing escapes: a Rust panic or PostgreSQL
+/// ERROR is caught (and PostgreSQL's error state flushed), counted, and logged.
+pub fn fail_open(part: impl FnOnce() + std::panic::UnwindSafe) {
+    PgTryBuilder::new(part)
         .catch_others(note_hook_error)
         .execute();
 }
@@ -201,5 +207,48 @@ fn note_hook_error(err: CaughtError) {
             "login_notification: error in the login hook, login allowed and event not sent: {message} \
              (further errors are counted in login_notification.stats.hook_errors, logged at most once a minute)"
         );
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use super::fail_open;
+    use crate::shmem;
+    use pgrx::prelude::*;
+    use std::sync::atomic::Ordering;
+
+    fn hook_errors() -> u64 {
+        shmem::queue()
+            .unwrap()
+            .stats
+            .hook_errors
+            .load(Ordering::Relaxed)
+    }
+
+    #[pg_test]
+    fn a_panic_in_the_hook_is_caught_and_counted() {
+        let before = hook_errors();
+        fail_open(|| panic!("injected panic"));
+        assert_eq!(hook_errors(), before + 1);
+    }
+
+    #[pg_test]
+    fn a_postgres_error_in_the_hook_is_caught_and_counted() {
+        let before = hook_errors();
+        fail_open(|| pgrx::error!("injected error"));
+        fail_open(|| {
+            Spi::run("SELECT 1/0").unwrap();
+        });
+        assert_eq!(hook_errors(), before + 2);
+        // The error state was cleaned up: the session keeps working.
+        assert_eq!(Spi::get_one::<i32>("SELECT 41 + 1").unwrap(), Some(42));
+    }
+
+    #[pg_test]
+    fn the_normal_path_counts_nothing() {
+        let before = hook_errors();
+        fail_open(|| ());
+        assert_eq!(hook_errors(), before);
     }
 }

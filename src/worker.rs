@@ -57,6 +57,10 @@ pub extern "C-unwind" fn login_notification_worker_main(_arg: pg_sys::Datum) {
     let mut sender = Sender::start(queue);
     while sender.run_once() {}
     sender.shutdown();
+    // Exit code 1, like PostgreSQL's own workers: after pg_terminate_backend the postmaster
+    // restarts us (exit code 0 would unregister the worker); during shutdown it does not.
+    // SAFETY: proc_exit runs the exit callbacks and never returns.
+    unsafe { pg_sys::proc_exit(1) };
 }
 
 struct Sender {

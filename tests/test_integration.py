@@ -42,6 +42,9 @@ Scenarios (the number is in each test's name):
 26. Queue full (queue_size=4, endpoint hanging, max_concurrency=1): a burst of 30
     logins all succeed fast, dropped > 0 and enqueued + dropped = 30; clusterName is
     reported when cluster_name is set.
+27. The worker is terminated (pg_terminate_backend): it logs its stop, the postmaster
+    restarts it (no crash restart), a login made while it was down stays queued and is
+    delivered by the new worker, which shows in pg_stat_activity.
 """
 
 from __future__ import annotations
@@ -467,3 +470,30 @@ def test_26_queue_full_drops_without_blocking(small_queue):
     delivered = ln.endpoint.wait_for_payload(lambda p: p.get("userName") == "postgres")
     assert delivered.payload["server"]["clusterName"] == "ln_small_queue"
     assert_json_equal(delivered.payload["server"], ln.server_info())
+
+
+def worker_pids(cluster) -> list:
+    return [pid for (pid,) in cluster.sql(
+        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'login_notification'")]
+
+
+def test_27_terminated_worker_is_restarted_and_delivers_what_queued(ln):
+    old_pid = ln.stats()["worker_pid"]
+    assert worker_pids(ln.cluster) == [old_pid]
+    log_mark = ln.cluster.log_size()
+    ln.cluster.sql("SELECT pg_terminate_backend(%s)", (old_pid,))
+    wait_until(lambda: ln.stats()["worker_pid"] is None, 10, what="the worker to stop")
+    wait_until(lambda: "login_notification worker stopped" in ln.cluster.log_text(log_mark), 10,
+               what="the worker's stop in the log")
+
+    while_down = ln.login("trusty", tcp=True, application_name="while the worker is down")
+    assert while_down.seconds < FAST_LOGIN_SECONDS
+    assert ln.stats()["queued"] == 1
+
+    ln.assert_delivered(while_down, timeout=30)
+    new_pid = ln.stats()["worker_pid"]
+    assert new_pid not in (None, old_pid)
+    assert worker_pids(ln.cluster) == [new_pid]
+    assert counters(ln.wait_stats(lambda s: s["sent"] == 1)) == only(enqueued=1, sent=1)
+    log = ln.cluster.log_text(log_mark)
+    assert "terminating background worker" not in log and "crash" not in log, log
