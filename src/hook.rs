@@ -43,7 +43,13 @@ unsafe extern "C-unwind" fn client_authentication(port: *mut Port, status: i32) 
     if status == pg_sys::STATUS_EOF as i32 || port.is_null() {
         return;
     }
+    let started = std::time::Instant::now();
     fail_open(|| report(port, status));
+    if let Some(queue) = shmem::queue() {
+        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        queue.stats.hook_ns.fetch_add(ns, Ordering::Relaxed);
+        Stats::count(&queue.stats.hook_calls);
+    }
 }
 
 /// Runs our part of the login path so that nothing escapes: a Rust panic or PostgreSQL

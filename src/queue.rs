@@ -63,6 +63,9 @@ pub struct Stats {
     pub dropped: AtomicU64,
     pub skipped: AtomicU64,
     pub hook_errors: AtomicU64,
+    /// Calls of our part of the hook and the nanoseconds spent in it (for benchmarks).
+    pub hook_calls: AtomicU64,
+    pub hook_ns: AtomicU64,
     pub last_sent_at: AtomicI64,
     pub last_error_at: AtomicI64,
     /// When the hook last logged a WARNING (rate-limits the log under a flood).
@@ -143,6 +146,8 @@ impl Stats {
             &self.dropped,
             &self.skipped,
             &self.hook_errors,
+            &self.hook_calls,
+            &self.hook_ns,
         ] {
             c.store(0, Ordering::Relaxed);
         }
@@ -212,6 +217,8 @@ impl Queue {
                     dropped: AtomicU64::new(0),
                     skipped: AtomicU64::new(0),
                     hook_errors: AtomicU64::new(0),
+                    hook_calls: AtomicU64::new(0),
+                    hook_ns: AtomicU64::new(0),
                     last_sent_at: AtomicI64::new(0),
                     last_error_at: AtomicI64::new(0),
                     last_hook_warning_at: AtomicI64::new(0),

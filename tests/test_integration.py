@@ -45,6 +45,8 @@ Scenarios (the number is in each test's name):
 27. The worker is terminated (pg_terminate_backend): it logs its stop, the postmaster
     restarts it (no crash restart), a login made while it was down stays queued and is
     delivered by the new worker, which shows in pg_stat_activity.
+28. hook_timing() counts every hook call (reported or not) and the time spent in it;
+    reset_stats() zeroes it.
 """
 
 from __future__ import annotations
@@ -497,3 +499,14 @@ def test_27_terminated_worker_is_restarted_and_delivers_what_queued(ln):
     assert counters(ln.wait_stats(lambda s: s["sent"] == 1)) == only(enqueued=1, sent=1)
     log = ln.cluster.log_text(log_mark)
     assert "terminating background worker" not in log and "crash" not in log, log
+
+
+def test_28_hook_timing_counts_every_hook_call(ln):
+    ln.reset_stats()
+    ln.login("trusty", tcp=True)
+    ln.failed_login("scram_user", password="wrong")
+    calls, total_ns, avg_ns = ln.cluster.sql("SELECT * FROM login_notification.hook_timing()")[0]
+    # One call per authentication attempt that reached the hook, reported or not.
+    assert calls >= 2 and total_ns > 0 and avg_ns == pytest.approx(total_ns / calls), (calls, total_ns)
+    ln.reset_stats()
+    assert ln.cluster.sql("SELECT calls, total_ns FROM login_notification.hook_timing()")[0] == (0, 0)
