@@ -5,13 +5,18 @@ PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 PGRX_TEST_DATA ?= /tmp/ln-pgrx
 PYTEST_ARGS ?=
 
-.PHONY: setup install test unit-test integration-test demo fmt clean
+.PHONY: setup install install-test test unit-test integration-test demo fmt clean
 
 setup:
 	./scripts/setup.sh
 
 install: setup
 	cargo pgrx install --pg-config $(PG_CONFIG)
+
+# The integration tests install a build with the `fault_injection` feature (the
+# login_notification.debug_fault setting); the default build never has it.
+install-test: setup
+	cargo pgrx install --pg-config $(PG_CONFIG) --features fault_injection
 
 # Unit tests and #[pg_test]s: cargo pgrx test runs them in a throwaway cluster as the
 # postgres user (PostgreSQL refuses root).
@@ -20,7 +25,7 @@ unit-test: setup
 	cargo pgrx test pg15 --runas postgres --pgdata $(PGRX_TEST_DATA)
 
 # Real logins against real clusters and a real HTTP endpoint speaking the Lambda Invoke API.
-integration-test: install
+integration-test: install-test
 	.venv/bin/python -m pytest tests -v $(PYTEST_ARGS)
 
 test: unit-test integration-test

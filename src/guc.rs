@@ -49,6 +49,24 @@ static QUEUE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1024);
 static TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(5000);
 static MAX_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(3);
 static MAX_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(16);
+static RATE_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(0);
+static SPOOL_MAX_EVENTS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+
+/// Faults the tests inject into the login hook; exists only in builds with the
+/// `fault_injection` feature, never in the default build.
+#[cfg(feature = "fault_injection")]
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum DebugFault {
+    #[name = c"none"]
+    None,
+    #[name = c"panic"]
+    Panic,
+    #[name = c"error"]
+    Error,
+}
+
+#[cfg(feature = "fault_injection")]
+static DEBUG_FAULT: GucSetting<DebugFault> = GucSetting::<DebugFault>::new(DebugFault::None);
 
 /// Largest `queue_size`: 100,000 events take about 45 MB of shared memory.
 pub const MAX_QUEUE_SIZE: i32 = 100_000;
@@ -250,6 +268,35 @@ pub fn init() {
         sighup(),
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"login_notification.rate_limit",
+        c"Events sent per second at most; 0 = unlimited.",
+        c"Events over the limit are counted and summarised in a periodic \"suppressed\" event.",
+        &RATE_LIMIT,
+        0,
+        1_000_000,
+        sighup(),
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"login_notification.spool_max_events",
+        c"Undelivered events kept in the spool file for later delivery; 0 = no spool.",
+        c"Events that do not fit are dropped and counted.",
+        &SPOOL_MAX_EVENTS,
+        0,
+        10_000_000,
+        sighup(),
+        GucFlags::default(),
+    );
+    #[cfg(feature = "fault_injection")]
+    GucRegistry::define_enum_guc(
+        c"login_notification.debug_fault",
+        c"Test builds only: inject a fault into the login hook.",
+        c"",
+        &DEBUG_FAULT,
+        sighup(),
+        GucFlags::default(),
+    );
     // SAFETY: called from _PG_init with a static C string.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"login_notification".as_ptr()) };
 }
@@ -287,6 +334,19 @@ pub fn queue_size() -> usize {
 
 pub fn max_concurrency() -> usize {
     MAX_CONCURRENCY.get().max(1) as usize
+}
+
+pub fn rate_limit() -> u32 {
+    RATE_LIMIT.get().max(0) as u32
+}
+
+pub fn spool_max_events() -> usize {
+    SPOOL_MAX_EVENTS.get().max(0) as usize
+}
+
+#[cfg(feature = "fault_injection")]
+pub fn debug_fault() -> DebugFault {
+    DEBUG_FAULT.get()
 }
 
 /// Where and how to invoke, as plain values the async sender can own.

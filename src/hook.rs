@@ -6,7 +6,7 @@
 //! `hook_errors`, logged as one rate-limited WARNING, and the login goes on with the status
 //! it had — an escaped ERROR would become FATAL and refuse the login.
 
-use crate::event::{self, AuthStatus, EventKind, FixedStr, LoginEvent, SslInfo, METHOD_LEN};
+use crate::event::{self, AuthStatus, EventKind, FixedStr, LoginEvent, LoginFacts, METHOD_LEN};
 use crate::queue::{Queue, Stats};
 use crate::{guc, shmem};
 use pgrx::pg_sys::libpq::be::Port;
@@ -67,6 +67,12 @@ fn report(port: *mut Port, status: i32) {
     let port = unsafe { &*port };
     let auth_method = auth_method(port);
     SESSION_AUTH_METHOD.set(auth_method);
+    #[cfg(feature = "fault_injection")]
+    match guc::debug_fault() {
+        guc::DebugFault::None => {}
+        guc::DebugFault::Panic => panic!("login_notification.debug_fault: injected panic"),
+        guc::DebugFault::Error => pgrx::error!("login_notification.debug_fault: injected error"),
+    }
     if !guc::enabled() || guc::function_name().is_empty() {
         return;
     }
@@ -119,15 +125,19 @@ pub fn session_event(kind: EventKind, status: AuthStatus, user: &[u8]) -> LoginE
     // SAFETY: MyProcPort is NULL or this backend's connection, alive for the session.
     match unsafe { pg_sys::MyProcPort.cast::<Port>().as_ref() } {
         Some(port) => login_event(port, kind, status, user, SESSION_AUTH_METHOD.get()),
-        None => LoginEvent {
+        None => LoginEvent::new(&LoginFacts {
             kind,
             status,
-            user_name: FixedStr::new(user),
+            user_name: user,
+            database_name: b"",
+            remote_host: b"",
+            remote_port: None,
+            application_name: None,
+            auth_method: b"unknown",
+            ssl: None,
             // SAFETY: MyProcPid is a plain global.
             backend_pid: unsafe { pg_sys::MyProcPid },
-            time_us: event::now_us(),
-            ..LoginEvent::EMPTY
-        },
+        }),
     }
 }
 
@@ -140,28 +150,29 @@ fn login_event(
     auth_method: FixedStr<METHOD_LEN>,
 ) -> LoginEvent {
     // SAFETY: every pointer read here is NULL or a NUL-terminated string owned by the Port
-    // (allocated in TopMemoryContext, alive for the connection).
+    // (allocated in TopMemoryContext, alive for the connection); the shim functions only
+    // read the Port.
     unsafe {
-        let remote_port = c_bytes(port.remote_port);
-        LoginEvent {
+        LoginEvent::new(&LoginFacts {
             kind,
             status,
-            user_name: FixedStr::new(user),
-            database_name: FixedStr::new(c_bytes(port.database_name)),
-            remote_host: FixedStr::new(c_bytes(port.remote_host)),
-            remote_port: std::str::from_utf8(remote_port)
+            user_name: user,
+            database_name: c_bytes(port.database_name),
+            remote_host: c_bytes(port.remote_host),
+            remote_port: std::str::from_utf8(c_bytes(port.remote_port))
                 .ok()
                 .and_then(|p| p.parse().ok()),
             application_name: (!port.application_name.is_null())
-                .then(|| FixedStr::new(c_bytes(port.application_name))),
-            auth_method,
-            ssl: login_notification_ssl_in_use(port).then(|| SslInfo {
-                version: non_empty(c_bytes(login_notification_ssl_version(port))),
-                cipher: non_empty(c_bytes(login_notification_ssl_cipher(port))),
+                .then(|| c_bytes(port.application_name)),
+            auth_method: auth_method.as_bytes(),
+            ssl: login_notification_ssl_in_use(port).then(|| {
+                (
+                    c_bytes(login_notification_ssl_version(port)),
+                    c_bytes(login_notification_ssl_cipher(port)),
+                )
             }),
             backend_pid: pg_sys::MyProcPid,
-            time_us: event::now_us(),
-        }
+        })
     }
 }
 
@@ -178,10 +189,6 @@ pub fn push_and_wake(queue: &Queue, ev: &LoginEvent) -> bool {
         }
     }
     pushed
-}
-
-fn non_empty<const N: usize>(bytes: &[u8]) -> Option<FixedStr<N>> {
-    (!bytes.is_empty()).then(|| FixedStr::new(bytes))
 }
 
 /// The bytes of a C string, or empty for NULL.

@@ -9,7 +9,9 @@
 
 use crate::event::LoginEvent;
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU64, AtomicU8, Ordering,
+};
 
 /// Longest `last_error` kept, in bytes.
 pub const LAST_ERROR_LEN: usize = 256;
@@ -62,6 +64,10 @@ pub struct Stats {
     pub retried: AtomicU64,
     pub dropped: AtomicU64,
     pub skipped: AtomicU64,
+    /// Events not sent one by one because of `rate_limit` (summarised instead).
+    pub suppressed: AtomicU64,
+    /// Events waiting in the spool file (a gauge, set by the worker).
+    pub spooled: AtomicU64,
     pub hook_errors: AtomicU64,
     /// Calls of our part of the hook and the nanoseconds spent in it (for benchmarks).
     pub hook_calls: AtomicU64,
@@ -88,6 +94,8 @@ pub struct StatsSnapshot {
     pub retried: u64,
     pub dropped: u64,
     pub skipped: u64,
+    pub suppressed: u64,
+    pub spooled: u64,
     pub hook_errors: u64,
     pub last_sent_at: Option<i64>,
     pub last_error: Option<String>,
@@ -96,6 +104,28 @@ pub struct StatsSnapshot {
 }
 
 impl Stats {
+    fn new() -> Stats {
+        Stats {
+            enqueued: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+            spooled: AtomicU64::new(0),
+            hook_errors: AtomicU64::new(0),
+            hook_calls: AtomicU64::new(0),
+            hook_ns: AtomicU64::new(0),
+            last_sent_at: AtomicI64::new(0),
+            last_error_at: AtomicI64::new(0),
+            last_hook_warning_at: AtomicI64::new(0),
+            error_lock: SpinLock(AtomicBool::new(false)),
+            last_error_len: UnsafeCell::new(0),
+            last_error: UnsafeCell::new([0; LAST_ERROR_LEN]),
+        }
+    }
+
     pub fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -145,6 +175,7 @@ impl Stats {
             &self.retried,
             &self.dropped,
             &self.skipped,
+            &self.suppressed,
             &self.hook_errors,
             &self.hook_calls,
             &self.hook_ns,
@@ -170,13 +201,44 @@ pub enum PushError {
     Busy,
 }
 
+/// Slot states. An event leaves the queue only once its delivery is over (sent, failed,
+/// or written to the spool), so a worker that dies mid-delivery loses nothing.
+const FREE: u8 = 0;
+const READY: u8 = 1;
+const IN_FLIGHT: u8 = 2;
+const DONE: u8 = 3;
+
+#[repr(C)]
+struct Slot {
+    state: AtomicU8,
+    event: UnsafeCell<LoginEvent>,
+}
+
+/// A ticket for an event handed to the worker; `complete` it when its delivery is over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ticket(u64);
+
+impl Ticket {
+    pub fn position(self) -> u64 {
+        self.0
+    }
+
+    pub fn at(position: u64) -> Ticket {
+        Ticket(position)
+    }
+}
+
 /// The header of the shared block; `capacity` slots follow it directly.
+///
+/// Positions count up forever (slot = position % capacity):
+/// `head` ≤ `next` ≤ `tail`. Slots in `head..next` were handed to the worker (in flight or
+/// done), `next..tail` wait. All three are guarded by `lock`.
 #[repr(C)]
 pub struct Queue {
     lock: SpinLock,
     capacity: u64,
-    /// Total pops and pushes since start; `tail - head` is the depth. Guarded by `lock`.
     head: UnsafeCell<u64>,
+    next: UnsafeCell<u64>,
     tail: UnsafeCell<u64>,
     pub worker: WorkerSlot,
     pub stats: Stats,
@@ -188,7 +250,7 @@ unsafe impl Sync for Queue {}
 impl Queue {
     /// Bytes needed for a queue of `capacity` events.
     pub const fn size_of(capacity: usize) -> usize {
-        std::mem::size_of::<Queue>() + capacity * std::mem::size_of::<LoginEvent>()
+        std::mem::size_of::<Queue>() + capacity * std::mem::size_of::<Slot>()
     }
 
     /// Lays out an empty queue at `mem`.
@@ -202,48 +264,54 @@ impl Queue {
         unsafe {
             queue.write(Queue {
                 lock: SpinLock(AtomicBool::new(false)),
-                capacity: capacity as u64,
+                capacity: capacity.max(1) as u64,
                 head: UnsafeCell::new(0),
+                next: UnsafeCell::new(0),
                 tail: UnsafeCell::new(0),
                 worker: WorkerSlot {
                     latch: AtomicPtr::new(std::ptr::null_mut()),
                     pid: AtomicI32::new(0),
                 },
-                stats: Stats {
-                    enqueued: AtomicU64::new(0),
-                    sent: AtomicU64::new(0),
-                    failed: AtomicU64::new(0),
-                    retried: AtomicU64::new(0),
-                    dropped: AtomicU64::new(0),
-                    skipped: AtomicU64::new(0),
-                    hook_errors: AtomicU64::new(0),
-                    hook_calls: AtomicU64::new(0),
-                    hook_ns: AtomicU64::new(0),
-                    last_sent_at: AtomicI64::new(0),
-                    last_error_at: AtomicI64::new(0),
-                    last_hook_warning_at: AtomicI64::new(0),
-                    error_lock: SpinLock(AtomicBool::new(false)),
-                    last_error_len: UnsafeCell::new(0),
-                    last_error: UnsafeCell::new([0; LAST_ERROR_LEN]),
-                },
+                stats: Stats::new(),
             });
             let q = &*queue;
             for i in 0..capacity {
-                q.slot(i as u64).write(LoginEvent::EMPTY);
+                q.slot(i as u64).cast_mut().write(Slot {
+                    state: AtomicU8::new(FREE),
+                    event: UnsafeCell::new(LoginEvent::EMPTY),
+                });
             }
             q
         }
     }
 
-    fn slot(&self, index: u64) -> *mut LoginEvent {
-        let first = (self as *const Queue).wrapping_add(1).cast::<LoginEvent>();
-        first
-            .wrapping_add((index % self.capacity) as usize)
-            .cast_mut()
+    fn slot(&self, position: u64) -> *const Slot {
+        let first = (self as *const Queue).wrapping_add(1).cast::<Slot>();
+        first.wrapping_add((position % self.capacity) as usize)
+    }
+
+    fn state(&self, position: u64) -> &AtomicU8 {
+        // SAFETY: slot() stays inside the block; the state is an atomic.
+        unsafe { &(*self.slot(position)).state }
     }
 
     pub fn capacity(&self) -> usize {
         self.capacity as usize
+    }
+
+    /// Runs `f` on (head, next, tail) under the lock.
+    fn locked<R>(&self, f: impl FnOnce(&mut u64, &mut u64, &mut u64) -> R) -> R {
+        self.lock.lock();
+        // SAFETY: the positions are only touched while `lock` is held.
+        let r = unsafe {
+            f(
+                &mut *self.head.get(),
+                &mut *self.next.get(),
+                &mut *self.tail.get(),
+            )
+        };
+        self.lock.unlock();
+        r
     }
 
     /// Queues a copy of `ev` without waiting; counts `enqueued` or `dropped`.
@@ -252,15 +320,16 @@ impl Queue {
             Stats::count(&self.stats.dropped);
             return Err(PushError::Busy);
         }
-        // SAFETY: head, tail and the slot are accessed only under `lock`; the slot index is
-        // within capacity (modulo), so the write stays inside the block.
+        // SAFETY: positions and the free slot at `tail` are accessed only under `lock`; the
+        // slot index is within capacity (modulo), so the write stays inside the block.
         let result = unsafe {
             let head = *self.head.get();
             let tail = *self.tail.get();
             if tail - head >= self.capacity {
                 Err(PushError::Full)
             } else {
-                self.slot(tail).write(*ev);
+                *(*self.slot(tail)).event.get() = *ev;
+                self.state(tail).store(READY, Ordering::Release);
                 *self.tail.get() = tail + 1;
                 Ok(())
             }
@@ -273,30 +342,80 @@ impl Queue {
         result
     }
 
-    /// Takes the oldest event, if any.
-    pub fn pop(&self) -> Option<LoginEvent> {
-        self.lock.lock();
-        // SAFETY: as in push.
-        let ev = unsafe {
-            let head = *self.head.get();
-            if head == *self.tail.get() {
-                None
-            } else {
-                let ev = self.slot(head).read();
-                *self.head.get() = head + 1;
-                Some(ev)
+    /// Hands the oldest waiting event to the worker.
+    pub fn take(&self) -> Option<(Ticket, LoginEvent)> {
+        self.locked(|_, next, tail| {
+            while *next < *tail {
+                let position = *next;
+                *next += 1;
+                if self.state(position).load(Ordering::Acquire) == READY {
+                    self.state(position).store(IN_FLIGHT, Ordering::Release);
+                    // SAFETY: a READY slot is written only by push, which holds the lock.
+                    let ev = unsafe { *(*self.slot(position)).event.get() };
+                    return Some((Ticket(position), ev));
+                }
             }
-        };
-        self.lock.unlock();
-        ev
+            None
+        })
     }
 
+    /// Marks a delivery as over (sent, failed or spooled). Lock-free: safe from any thread.
+    pub fn complete(&self, ticket: Ticket) {
+        self.state(ticket.0).store(DONE, Ordering::Release);
+    }
+
+    /// Frees the slots of completed deliveries at the front of the queue.
+    pub fn reclaim(&self) {
+        self.locked(|head, next, _| {
+            while *head < *next && self.state(*head).load(Ordering::Acquire) == DONE {
+                self.state(*head).store(FREE, Ordering::Release);
+                *head += 1;
+            }
+        })
+    }
+
+    /// For a (re)starting worker: events handed to a previous worker and never completed
+    /// wait again.
+    pub fn requeue_in_flight(&self) -> u64 {
+        self.locked(|head, next, _| {
+            let mut requeued = 0;
+            for position in *head..*next {
+                if self.state(position).load(Ordering::Acquire) == IN_FLIGHT {
+                    self.state(position).store(READY, Ordering::Release);
+                    requeued += 1;
+                }
+            }
+            *next = *head;
+            requeued
+        })
+    }
+
+    /// Events not yet delivered (waiting or in flight), read without the lock by the
+    /// postmaster after a crash, when no other process is left. Positions are clamped and
+    /// every bit pattern is a valid LoginEvent, so a damaged queue yields garbage events at
+    /// worst, never undefined behaviour.
+    ///
+    /// # Safety
+    /// No other process may be using the queue.
+    pub unsafe fn undelivered_after_crash(&self) -> Vec<LoginEvent> {
+        // SAFETY: the caller guarantees exclusive access.
+        let (head, tail) = unsafe { (*self.head.get(), *self.tail.get()) };
+        let start = head.max(tail.saturating_sub(self.capacity));
+        (start..tail)
+            .filter(|&p| matches!(self.state(p).load(Ordering::Relaxed), READY | IN_FLIGHT))
+            // SAFETY: inside the block; LoginEvent is plain old data.
+            .map(|p| unsafe { std::ptr::read_volatile((*self.slot(p)).event.get()) })
+            .collect()
+    }
+
+    /// Events in the queue: waiting or being delivered (completed slots not yet reclaimed
+    /// do not count).
     pub fn len(&self) -> u64 {
-        self.lock.lock();
-        // SAFETY: as in push.
-        let len = unsafe { *self.tail.get() - *self.head.get() };
-        self.lock.unlock();
-        len
+        self.locked(|head, _, tail| {
+            (*head..*tail)
+                .filter(|&p| self.state(p).load(Ordering::Acquire) != DONE)
+                .count() as u64
+        })
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -311,6 +430,8 @@ impl Queue {
             retried: n(&s.retried),
             dropped: n(&s.dropped),
             skipped: n(&s.skipped),
+            suppressed: n(&s.suppressed),
+            spooled: n(&s.spooled),
             hook_errors: n(&s.hook_errors),
             last_sent_at: at(&s.last_sent_at),
             last_error: s.last_error(),
@@ -356,6 +477,14 @@ mod tests {
         }
     }
 
+    /// Takes, completes and reclaims one event, as the worker does.
+    fn deliver(q: &Queue) -> Option<i32> {
+        let (ticket, ev) = q.take()?;
+        q.complete(ticket);
+        q.reclaim();
+        Some(ev.backend_pid)
+    }
+
     #[test]
     fn fifo_with_wraparound() {
         let q = queue(3);
@@ -365,9 +494,10 @@ mod tests {
             }
             assert_eq!(q.len(), 3);
             for i in 0..3 {
-                assert_eq!(q.pop().unwrap().backend_pid, round * 10 + i);
+                assert_eq!(deliver(q), Some(round * 10 + i));
             }
-            assert_eq!(q.pop(), None);
+            assert_eq!(deliver(q), None);
+            assert_eq!(q.len(), 0);
         }
         assert_eq!(q.snapshot().enqueued, 15);
     }
@@ -380,7 +510,61 @@ mod tests {
         assert_eq!(q.push(&ev(3)), Err(PushError::Full));
         let s = q.snapshot();
         assert_eq!((s.queued, s.enqueued, s.dropped), (2, 2, 1));
-        assert_eq!(q.pop().unwrap().user_name.to_str_lossy(), "user1");
+        assert_eq!(deliver(q), Some(1));
+    }
+
+    #[test]
+    fn slots_stay_taken_until_their_delivery_is_over() {
+        let q = queue(2);
+        q.push(&ev(1)).unwrap();
+        q.push(&ev(2)).unwrap();
+        let (first, _) = q.take().unwrap();
+        let (second, _) = q.take().unwrap();
+        q.complete(second);
+        q.reclaim();
+        // The first delivery is still in flight: its slot (and the one after it) is held.
+        assert_eq!(q.len(), 2);
+        assert!(q.take().is_none());
+        assert_eq!(q.push(&ev(3)), Err(PushError::Full));
+        q.complete(first);
+        q.reclaim();
+        assert_eq!(q.len(), 0);
+        q.push(&ev(4)).unwrap();
+        assert_eq!(deliver(q), Some(4));
+    }
+
+    #[test]
+    fn a_restarted_worker_gets_the_in_flight_events_again() {
+        let q = queue(4);
+        for i in 1..=3 {
+            q.push(&ev(i)).unwrap();
+        }
+        let (t1, _) = q.take().unwrap();
+        let _in_flight = q.take().unwrap();
+        q.complete(t1);
+        // The worker dies here; its successor starts:
+        assert_eq!(q.requeue_in_flight(), 1);
+        assert_eq!(deliver(q), Some(2));
+        assert_eq!(deliver(q), Some(3));
+        assert_eq!(deliver(q), None);
+        assert_eq!(q.len(), 0);
+    }
+
+    #[test]
+    fn undelivered_events_survive_for_the_crash_carry_over() {
+        let q = queue(3);
+        for i in 1..=3 {
+            q.push(&ev(i)).unwrap();
+        }
+        let (t1, _) = q.take().unwrap();
+        q.complete(t1);
+        let _in_flight = q.take().unwrap();
+        // SAFETY: this test is the queue's only user.
+        let left: Vec<i32> = unsafe { q.undelivered_after_crash() }
+            .iter()
+            .map(|e| e.backend_pid)
+            .collect();
+        assert_eq!(left, [2, 3]);
     }
 
     #[test]
@@ -405,10 +589,10 @@ mod tests {
                 })
             })
             .collect();
-        let mut popped = 0;
+        let mut delivered = 0;
         while threads.iter().any(|t| !t.is_finished()) || q.len() > 0 {
-            if q.pop().is_some() {
-                popped += 1;
+            if deliver(q).is_some() {
+                delivered += 1;
             }
         }
         for t in threads {
@@ -416,7 +600,7 @@ mod tests {
         }
         let s = q.snapshot();
         assert_eq!(s.enqueued + s.dropped, 2000);
-        assert_eq!(popped, s.enqueued);
+        assert_eq!(delivered, s.enqueued);
     }
 
     #[test]

@@ -2,15 +2,22 @@
 //! on `login_notification.queue_size`, so it is requested by hand rather than through
 //! pgrx's fixed-size `PgLwLock`.
 
+use crate::event::LoginEvent;
 use crate::guc;
 use crate::queue::Queue;
-use pgrx::{pg_guard, pg_sys};
+use pgrx::{log, pg_guard, pg_sys};
 use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::Mutex;
 
 const SHMEM_NAME: &std::ffi::CStr = c"login_notification queue";
 
 /// Set in the postmaster by the startup hook; backends and the worker inherit it by fork.
 static QUEUE: AtomicPtr<Queue> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Undelivered events saved by the postmaster when shared memory is torn down after a crash
+/// (any backend or our worker dying abnormally), re-queued when it is rebuilt. Postmaster
+/// memory only: the postmaster itself survives a crash restart.
+static CARRIED_OVER: Mutex<Vec<LoginEvent>> = Mutex::new(Vec::new());
 
 static mut PREV_SHMEM_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
 #[cfg(not(any(feature = "pg13", feature = "pg14")))]
@@ -68,11 +75,52 @@ unsafe extern "C-unwind" fn shmem_startup() {
         let queue = if found {
             mem.cast::<Queue>()
         } else {
-            (Queue::init_at(mem, guc::queue_size()) as *const Queue).cast_mut()
+            let queue = Queue::init_at(mem, guc::queue_size());
+            requeue_carried_over(queue);
+            (queue as *const Queue).cast_mut()
         };
         QUEUE.store(queue, Ordering::Release);
         pg_sys::LWLockRelease(init_lock);
+        // Runs in the postmaster before shared memory is detached, on a crash restart and at
+        // exit (registered after the segment's own detach callback, so it runs first).
+        pg_sys::on_shmem_exit(Some(save_undelivered), pg_sys::Datum::from(0));
     }
+}
+
+fn requeue_carried_over(queue: &Queue) {
+    let carried = std::mem::take(&mut *CARRIED_OVER.lock().unwrap_or_else(|p| p.into_inner()));
+    if carried.is_empty() {
+        return;
+    }
+    let requeued = carried.iter().filter(|ev| queue.push(ev).is_ok()).count();
+    log!(
+        "login_notification: {requeued} of {} undelivered event(s) carried over the crash restart",
+        carried.len()
+    );
+}
+
+/// No pg_guard: an ERROR in the postmaster would be FATAL. Nothing here is expected to
+/// panic; if it did, the events are lost and the postmaster carries on.
+unsafe extern "C-unwind" fn save_undelivered(code: i32, _arg: pg_sys::Datum) {
+    let _ = std::panic::catch_unwind(|| save_undelivered_events(code));
+}
+
+fn save_undelivered_events(code: i32) {
+    let queue = QUEUE.swap(std::ptr::null_mut(), Ordering::AcqRel);
+    // SAFETY: shared memory is still attached, and no other process is left: the
+    // postmaster tears it down only once all children have exited.
+    let Some(events) = (unsafe { queue.as_ref() }).map(|q| unsafe { q.undelivered_after_crash() })
+    else {
+        return;
+    };
+    if code == 0 && !events.is_empty() {
+        // A clean shutdown: the worker spooled what it had; these came in after it stopped.
+        log!(
+            "login_notification: {} event(s) queued after the worker stopped are lost at shutdown",
+            events.len()
+        );
+    }
+    *CARRIED_OVER.lock().unwrap_or_else(|p| p.into_inner()) = events;
 }
 
 /// The queue, when the library was preloaded and shared memory is attached.

@@ -58,6 +58,8 @@ fn stats() -> TableIterator<
         name!(retried, i64),
         name!(dropped, i64),
         name!(skipped, i64),
+        name!(suppressed, i64),
+        name!(spooled, i64),
         name!(hook_errors, i64),
         name!(last_sent_at, Option<TimestampWithTimeZone>),
         name!(last_error, Option<String>),
@@ -74,6 +76,8 @@ fn stats() -> TableIterator<
         count(s.retried),
         count(s.dropped),
         count(s.skipped),
+        count(s.suppressed),
+        count(s.spooled),
         count(s.hook_errors),
         timestamptz(s.last_sent_at),
         s.last_error,
@@ -164,7 +168,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             cols,
-            "queued,enqueued,sent,failed,retried,dropped,skipped,hook_errors,\
+            "queued,enqueued,sent,failed,retried,dropped,skipped,suppressed,spooled,hook_errors,\
              last_sent_at,last_error,last_error_at,worker_pid"
         );
         assert_eq!(

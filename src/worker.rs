@@ -1,22 +1,30 @@
 //! The background worker: owns the tokio runtime and the Lambda client, drains the queue,
-//! reloads on SIGHUP, and stops after a bounded drain on SIGTERM.
+//! keeps undelivered events in the spool, reloads on SIGHUP, and stops after a bounded
+//! drain on SIGTERM.
 //!
 //! The main thread is the only one that touches PostgreSQL (latch, settings, recovery
 //! state). Deliveries run as tokio tasks that see only plain values and report through the
-//! queue's atomic counters.
+//! queue's atomic counters, the queue's lock-free `complete`, and the spool's mutex.
 
 pub mod lambda;
+pub mod limit;
+pub mod spool;
 
 use crate::event::{self, ServerInfo};
-use crate::queue::{Queue, Stats};
+use crate::queue::{Queue, Stats, Ticket};
 use crate::{guc, server, shmem};
-use lambda::{Lambda, Target};
+use lambda::{DeliveryError, Lambda, Target};
+use limit::RateLimiter;
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
 };
 use pgrx::{log, pg_guard, pg_sys, warning};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use spool::Spool;
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
@@ -29,8 +37,12 @@ const BACKLOG_WAIT: Duration = Duration::from_millis(10);
 const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a failed client setup waits before it is tried again.
 const RECONNECT_INTERVAL: Duration = Duration::from_secs(30);
-/// How long shutdown keeps delivering what is queued and in flight.
+/// How long shutdown keeps delivering what is queued and in flight before spooling it.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
+/// How often delivery of spooled events is tried again while they fail.
+const SPOOL_RETRY_INTERVAL: Duration = Duration::from_secs(5);
+/// The spool file, relative to the data directory.
+const SPOOL_FILE: &str = "login_notification/spool.jsonl";
 
 pub fn register() {
     BackgroundWorkerBuilder::new("login_notification sender")
@@ -63,18 +75,160 @@ pub extern "C-unwind" fn login_notification_worker_main(_arg: pg_sys::Datum) {
     unsafe { pg_sys::proc_exit(1) };
 }
 
+/// What every delivery task shares: plain Rust, safe on tokio threads.
+struct Shared {
+    queue: &'static Queue,
+    spool: Mutex<Spool>,
+    /// Payloads of deliveries under way, by ticket: spooled if still running at shutdown.
+    in_flight: Mutex<HashMap<u64, Vec<u8>>>,
+    in_flight_count: AtomicU64,
+    spool_pass_running: AtomicBool,
+}
+
+impl Shared {
+    fn stats(&self) -> &'static Stats {
+        &self.queue.stats
+    }
+
+    fn lock_spool(&self) -> std::sync::MutexGuard<'_, Spool> {
+        self.spool
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<u8>>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn update_spool_gauge(&self, spool: &Spool) {
+        self.stats()
+            .spooled
+            .store(spool.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Keeps a payload for later delivery; a full or unwritable spool drops it (counted).
+    fn spool(&self, payload: &[u8]) {
+        let mut spool = self.lock_spool();
+        match spool.add(payload) {
+            Ok(true) => {}
+            Ok(false) => Stats::count(&self.stats().dropped),
+            Err(e) => {
+                Stats::count(&self.stats().dropped);
+                self.stats()
+                    .set_last_error(&format!("cannot write the spool: {e}"), event::now_us());
+            }
+        }
+        self.update_spool_gauge(&spool);
+    }
+
+    /// One delivery from the queue (ticket) or of a summary (no ticket).
+    async fn deliver(&self, lambda: Arc<Lambda>, payload: Vec<u8>, ticket: Option<Ticket>) {
+        let stats = self.stats();
+        match lambda.deliver(&payload, stats).await {
+            Ok(()) => stats.record_sent(event::now_us()),
+            Err(e) => {
+                stats.record_failure(&e.to_string(), event::now_us());
+                if e.retryable() {
+                    self.spool(&payload);
+                }
+            }
+        }
+        if let Some(ticket) = ticket {
+            self.lock_in_flight().remove(&ticket.position());
+            self.queue.complete(ticket);
+            self.queue.reclaim();
+        }
+        self.in_flight_count.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Delivers spooled payloads, oldest first, a batch at a time; stops at the first
+    /// batch in which the endpoint still fails (they stay spooled, uncounted).
+    async fn spool_pass(self: Arc<Self>, lambda: Arc<Lambda>, batch: usize) {
+        let stats = self.stats();
+        loop {
+            let payloads = self.lock_spool().oldest(batch);
+            if payloads.is_empty() {
+                break;
+            }
+            let results = futures_join_all(&lambda, &payloads).await;
+            let mut endpoint_down = false;
+            let keep: Vec<bool> = results
+                .into_iter()
+                .map(|result| match result {
+                    Ok(()) => {
+                        stats.record_sent(event::now_us());
+                        false
+                    }
+                    Err(DeliveryError::Retryable(e)) => {
+                        endpoint_down = true;
+                        stats.set_last_error(&e, event::now_us());
+                        true
+                    }
+                    Err(DeliveryError::Permanent(e)) => {
+                        stats.record_failure(&e, event::now_us());
+                        false
+                    }
+                })
+                .collect();
+            let mut spool = self.lock_spool();
+            spool.retain_oldest(&keep);
+            self.update_spool_gauge(&spool);
+            drop(spool);
+            if endpoint_down {
+                break;
+            }
+        }
+        if let Err(e) = self.lock_spool().compact() {
+            stats.set_last_error(&format!("cannot rewrite the spool: {e}"), event::now_us());
+        }
+        self.spool_pass_running.store(false, Ordering::Release);
+    }
+}
+
+/// One attempt per payload (no retries: the spool pass itself is the retry), concurrently.
+async fn futures_join_all(
+    lambda: &Arc<Lambda>,
+    payloads: &[Vec<u8>],
+) -> Vec<Result<(), DeliveryError>> {
+    let mut set = tokio::task::JoinSet::new();
+    for (i, payload) in payloads.iter().enumerate() {
+        let (lambda, payload) = (Arc::clone(lambda), payload.clone());
+        set.spawn(async move { (i, lambda.attempt(&payload).await) });
+    }
+    let mut results: Vec<Result<(), DeliveryError>> = payloads
+        .iter()
+        .map(|_| Err(DeliveryError::Retryable("not attempted".into())))
+        .collect();
+    while let Some(joined) = set.join_next().await {
+        if let Ok((i, result)) = joined {
+            results[i] = result;
+        }
+    }
+    results
+}
+
 struct Sender {
     queue: &'static Queue,
+    shared: Arc<Shared>,
     runtime: Runtime,
     lambda: Result<Arc<Lambda>, String>,
     last_connect: Instant,
     slots: Arc<Semaphore>,
     max_concurrency: usize,
-    in_flight: Arc<AtomicUsize>,
+    limiter: RateLimiter,
     server: ServerInfo,
     backlog: bool,
+    last_spool_pass: Instant,
     failures_seen: u64,
     last_failure_log: Instant,
+}
+
+fn spool_path() -> PathBuf {
+    // SAFETY: DataDir is set before any worker starts and never changes.
+    let data_dir = unsafe { CStr::from_ptr(pg_sys::DataDir) };
+    PathBuf::from(data_dir.to_string_lossy().into_owned()).join(SPOOL_FILE)
 }
 
 impl Sender {
@@ -88,6 +242,26 @@ impl Sender {
                 .latch
                 .store(pg_sys::MyLatch.cast(), Ordering::Release);
         }
+        let requeued = queue.requeue_in_flight();
+        let path = spool_path();
+        let (spool, loaded) = Spool::open(&path, guc::spool_max_events())
+            .unwrap_or_else(|e| panic!("cannot open the spool {}: {e}", path.display()));
+        if loaded.corrupt + loaded.over_cap > 0 {
+            warning!(
+                "login_notification: spool {}: skipped {} damaged line(s), dropped {} event(s) over spool_max_events",
+                path.display(),
+                loaded.corrupt,
+                loaded.over_cap
+            );
+            queue
+                .stats
+                .dropped
+                .fetch_add((loaded.corrupt + loaded.over_cap) as u64, Ordering::Relaxed);
+        }
+        queue
+            .stats
+            .spooled
+            .store(spool.len() as u64, Ordering::Relaxed);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("login_notification-io")
@@ -98,23 +272,36 @@ impl Sender {
         let max_concurrency = guc::max_concurrency();
         let mut sender = Sender {
             queue,
+            shared: Arc::new(Shared {
+                queue,
+                spool: Mutex::new(spool),
+                in_flight: Mutex::new(HashMap::new()),
+                in_flight_count: AtomicU64::new(0),
+                spool_pass_running: AtomicBool::new(false),
+            }),
             runtime,
             lambda: Err("not configured yet".into()),
             last_connect: Instant::now(),
             slots: Arc::new(Semaphore::new(max_concurrency)),
             max_concurrency,
-            in_flight: Arc::new(AtomicUsize::new(0)),
+            limiter: RateLimiter::new(guc::rate_limit(), Instant::now()),
             server: server::info(),
             backlog: false,
+            last_spool_pass: Instant::now() - SPOOL_RETRY_INTERVAL,
             failures_seen: queue.stats.failed.load(Ordering::Relaxed),
             last_failure_log: Instant::now(),
         };
         sender.connect(guc::target());
         log!(
-            "login_notification worker started: {} max_concurrency={} queue_size={}",
+            "login_notification worker started: {} max_concurrency={} rate_limit={} queue_size={} \
+             (queued: {}, resumed in flight: {requeued}) spool={} ({} events)",
             guc::target(),
             max_concurrency,
-            queue.capacity()
+            guc::rate_limit(),
+            queue.capacity(),
+            queue.len(),
+            path.display(),
+            loaded.events
         );
         sender
     }
@@ -142,6 +329,8 @@ impl Sender {
             self.connect(guc::target());
         }
         self.dispatch();
+        self.send_due_summary(false);
+        self.start_spool_pass();
         self.log_failures();
         alive
     }
@@ -164,45 +353,96 @@ impl Sender {
             self.slots = Arc::new(Semaphore::new(max_concurrency));
             self.max_concurrency = max_concurrency;
         }
+        self.limiter.set_rate(guc::rate_limit());
+        self.shared.lock_spool().set_max(guc::spool_max_events());
         log!(
-            "login_notification configuration reloaded{}: {target} max_concurrency={max_concurrency}",
-            if changed { " (new client)" } else { "" }
+            "login_notification configuration reloaded{}: {target} max_concurrency={max_concurrency} rate_limit={} spool_max_events={}",
+            if changed { " (new client)" } else { "" },
+            guc::rate_limit(),
+            guc::spool_max_events()
         );
+    }
+
+    fn spawn_delivery(
+        &self,
+        lambda: Arc<Lambda>,
+        payload: Vec<u8>,
+        ticket: Option<Ticket>,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
+        if let Some(ticket) = ticket {
+            self.shared
+                .lock_in_flight()
+                .insert(ticket.position(), payload.clone());
+        }
+        self.shared.in_flight_count.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::clone(&self.shared);
+        self.runtime.spawn(async move {
+            shared.deliver(lambda, payload, ticket).await;
+            drop(slot);
+        });
     }
 
     /// Starts a delivery for each queued event while delivery slots are free.
     fn dispatch(&mut self) {
         // SAFETY: a read of shared recovery state from the main thread.
         self.server.in_recovery = unsafe { pg_sys::RecoveryInProgress() };
-        let stats: &'static Stats = &self.queue.stats;
+        self.queue.reclaim();
         loop {
-            let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
                 self.backlog = true;
                 return;
             };
-            let Some(ev) = self.queue.pop() else {
+            let Some((ticket, ev)) = self.queue.take() else {
                 self.backlog = false;
                 return;
             };
-            let body = event::payload(&ev, &self.server).to_string().into_bytes();
-            let lambda = match &self.lambda {
-                Ok(l) => Arc::clone(l),
+            if !self.limiter.admit(&ev, Instant::now()) {
+                Stats::count(&self.queue.stats.suppressed);
+                self.queue.complete(ticket);
+                continue;
+            }
+            let payload = event::payload(&ev, &self.server).to_string().into_bytes();
+            match &self.lambda {
+                Ok(lambda) => {
+                    self.spawn_delivery(Arc::clone(lambda), payload, Some(ticket), Some(slot))
+                }
                 Err(e) => {
-                    stats.record_failure(e, event::now_us());
-                    continue;
+                    self.queue.stats.record_failure(e, event::now_us());
+                    self.shared.spool(&payload);
+                    self.queue.complete(ticket);
                 }
-            };
-            let in_flight = Arc::clone(&self.in_flight);
-            in_flight.fetch_add(1, Ordering::Relaxed);
-            self.runtime.spawn(async move {
-                match lambda.deliver(body, stats).await {
-                    Ok(()) => stats.record_sent(event::now_us()),
-                    Err(e) => stats.record_failure(&e.to_string(), event::now_us()),
-                }
-                in_flight.fetch_sub(1, Ordering::Relaxed);
-                drop(slot);
-            });
+            }
         }
+    }
+
+    /// Sends the rate limiter's summary when it is due (or now, at shutdown).
+    fn send_due_summary(&mut self, flush: bool) {
+        let Some(summary) = self.limiter.due_summary(Instant::now(), flush) else {
+            return;
+        };
+        let payload = event::suppressed_payload(&summary, &self.server)
+            .to_string()
+            .into_bytes();
+        match &self.lambda {
+            Ok(lambda) => self.spawn_delivery(Arc::clone(lambda), payload, None, None),
+            Err(_) => self.shared.spool(&payload),
+        }
+    }
+
+    /// Retries the spool every SPOOL_RETRY_INTERVAL while it holds events.
+    fn start_spool_pass(&mut self) {
+        let Ok(lambda) = &self.lambda else { return };
+        if self.shared.lock_spool().len() == 0
+            || self.last_spool_pass.elapsed() < SPOOL_RETRY_INTERVAL
+            || self.shared.spool_pass_running.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        self.last_spool_pass = Instant::now();
+        let batch = self.max_concurrency;
+        self.runtime
+            .spawn(Arc::clone(&self.shared).spool_pass(Arc::clone(lambda), batch));
     }
 
     /// One WARNING per interval that summarises new failures.
@@ -216,45 +456,58 @@ impl Sender {
         self.failures_seen = failed;
         if new > 0 {
             warning!(
-                "login_notification: {new} notification(s) could not be delivered in the last {}s; last error: {}",
+                "login_notification: {new} notification(s) could not be delivered in the last {}s \
+                 ({} waiting in the spool); last error: {}",
                 FAILURE_LOG_INTERVAL.as_secs(),
+                self.queue.stats.spooled.load(Ordering::Relaxed),
                 self.queue.stats.last_error().unwrap_or_default()
             );
         }
     }
 
-    /// Bounded drain: keep delivering for up to SHUTDOWN_DRAIN, then count what is left.
+    /// Bounded drain: keep delivering for up to SHUTDOWN_DRAIN; then write what is still
+    /// queued or in flight to the spool, for delivery after the next start.
     fn shutdown(mut self) {
         let deadline = Instant::now() + SHUTDOWN_DRAIN;
+        self.send_due_summary(true);
         loop {
             self.dispatch();
-            let idle = self.in_flight.load(Ordering::Relaxed) == 0;
+            let idle = self.shared.in_flight_count.load(Ordering::Relaxed) == 0;
             if (idle && self.queue.len() == 0) || Instant::now() >= deadline {
                 break;
             }
             std::thread::sleep(BACKLOG_WAIT);
         }
-        let mut left = 0u64;
-        while self.queue.pop().is_some() {
-            left += 1;
+        // Stop the deliveries still under way (at their next await point). Each one either
+        // completed its ticket, or is still listed in `in_flight` and is spooled here.
+        let runtime = self.runtime;
+        runtime.shutdown_timeout(Duration::from_millis(200));
+        let mut spooled = 0;
+        let unfinished: Vec<(u64, Vec<u8>)> = self.shared.lock_in_flight().drain().collect();
+        for (position, payload) in unfinished {
+            self.shared.spool(&payload);
+            self.queue.complete(Ticket::at(position));
+            spooled += 1;
         }
-        let in_flight = self.in_flight.load(Ordering::Relaxed) as u64;
-        if left + in_flight > 0 {
-            self.queue
-                .stats
-                .dropped
-                .fetch_add(left + in_flight, Ordering::Relaxed);
-            warning!(
-                "login_notification: stopping with {left} queued and {in_flight} in-flight notification(s) undelivered"
-            );
+        while let Some((ticket, ev)) = self.queue.take() {
+            self.shared
+                .spool(event::payload(&ev, &self.server).to_string().as_bytes());
+            self.queue.complete(ticket);
+            spooled += 1;
+        }
+        self.queue.reclaim();
+        if let Err(e) = self.shared.lock_spool().sync() {
+            warning!("login_notification: cannot sync the spool: {e}");
         }
         self.queue
             .worker
             .latch
             .store(std::ptr::null_mut(), Ordering::Release);
         self.queue.worker.pid.store(0, Ordering::Release);
-        self.runtime.shutdown_timeout(Duration::from_millis(100));
-        log!("login_notification worker stopped");
+        log!(
+            "login_notification worker stopped ({spooled} undelivered event(s) written to the spool, {} waiting there)",
+            self.shared.lock_spool().len()
+        );
     }
 }
 

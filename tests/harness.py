@@ -20,7 +20,7 @@ SETTING_PREFIX = "login_notification."
 FUNCTION_NAME = "recorder"  # what postgresql.conf of the test clusters names
 PASSWORD = "s3cret pw'\""  # for every password-authenticated test role
 PAYLOAD_KEYS = {
-    "schemaVersion", "event", "status", "userName", "databaseName", "remoteHost", "remotePort",
+    "schemaVersion", "eventId", "event", "status", "userName", "databaseName", "remoteHost", "remotePort",
     "applicationName", "authMethod", "ssl", "sslVersion", "sslCipher", "backendPid",
     "timestamp", "time", "server",
 }
@@ -58,6 +58,8 @@ class Matcher:
 
 ANY_PID = Matcher("any backend pid", lambda v: type(v) is int and v > 0)
 ANY_PORT = Matcher("any TCP port", lambda v: type(v) is int and 0 < v < 65536)
+UUID_V7_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+ANY_EVENT_ID = Matcher("a UUIDv7", lambda v: type(v) is str and bool(UUID_V7_RE.match(v)))
 
 
 def assert_json_equal(actual, expected, path: str = "$"):
@@ -181,7 +183,7 @@ class Harness:
                          event: str = "login") -> dict:
         """The payload the extension must send for `login` (time fields excluded)."""
         return {
-            "schemaVersion": 1, "event": event, "status": status,
+            "schemaVersion": 1, "eventId": ANY_EVENT_ID, "event": event, "status": status,
             "userName": login.user, "databaseName": login.dbname,
             "remoteHost": login.remote_host, "remotePort": login.remote_port,
             "applicationName": login.application_name, "authMethod": auth_method,
@@ -231,8 +233,8 @@ class Harness:
             raise AssertionError(f"{e}; last stats: {last}") from None
 
     def wait_quiet(self, timeout: float = 60) -> dict:
-        """Wait until nothing is queued or in flight."""
-        return self.wait_stats(lambda s: s["queued"] == 0 and s["enqueued"] == s["sent"] + s["failed"],
+        """Wait until nothing is queued, in flight or spooled."""
+        return self.wait_stats(lambda s: s["queued"] == 0 and s["spooled"] == 0,
                                timeout, what="the worker to be idle")
 
     def reset_stats(self):

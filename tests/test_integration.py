@@ -66,11 +66,13 @@ from pgcluster import PG_BIN, wait_until
 
 STAT_COLUMNS = [
     ("queued", "bigint"), ("enqueued", "bigint"), ("sent", "bigint"), ("failed", "bigint"),
-    ("retried", "bigint"), ("dropped", "bigint"), ("skipped", "bigint"), ("hook_errors", "bigint"),
+    ("retried", "bigint"), ("dropped", "bigint"), ("skipped", "bigint"), ("suppressed", "bigint"),
+    ("spooled", "bigint"), ("hook_errors", "bigint"),
     ("last_sent_at", "timestamp with time zone"), ("last_error", "text"),
     ("last_error_at", "timestamp with time zone"), ("worker_pid", "integer"),
 ]
-COUNTERS = [name for name, kind in STAT_COLUMNS if kind == "bigint" and name != "queued"]
+# queued and spooled are gauges (current depths), the rest count up.
+COUNTERS = [name for name, kind in STAT_COLUMNS if kind == "bigint" and name not in ("queued", "spooled")]
 
 
 def counters(stats: dict) -> dict:
@@ -254,15 +256,20 @@ def test_14_long_role_name_truncated_as_stored(ln):
 def test_15_endpoint_down_then_back(ln):
     ln.configure(max_retries=1)
     ln.endpoint.stop()
-    login = ln.login("trusty", tcp=True)
+    login = ln.login("trusty", tcp=True, application_name="while down")
     assert login.seconds < FAST_LOGIN_SECONDS
     stats = ln.wait_stats(lambda s: s["failed"] == 1, timeout=60, what="the event to fail")
     assert counters(stats) == only(enqueued=1, failed=1, retried=1)
     assert stats["last_error"] and stats["last_error_at"] is not None, stats
+    assert ln.wait_stats(lambda s: s["spooled"] == 1, what="the event in the spool")
     ln.endpoint.start()
-    again = ln.login("trusty", tcp=True)
+    again = ln.login("postgres", application_name="after")
     ln.assert_delivered(again)
-    assert ln.wait_stats(lambda s: s["sent"] == 1)["failed"] == 1
+    # The spooled event is delivered too, once the endpoint answers.
+    ln.assert_delivered(login)
+    stats = ln.wait_stats(lambda s: s["sent"] == 2 and s["spooled"] == 0)
+    assert counters(stats) == only(enqueued=2, sent=2, failed=1, retried=1)
+    assert len({r.field("eventId") for r in ln.endpoint.requests}) == 2
 
 
 def test_16_endpoint_hangs_past_timeout(ln):
@@ -276,7 +283,9 @@ def test_16_endpoint_hangs_past_timeout(ln):
     assert stats["last_error"], stats
     waited = stats["last_error_at"].timestamp() - request.received_at
     assert 0.4 <= waited <= 5, f"failed {waited:.2f}s after the request, timeout is 0.5s"
-    assert len(ln.endpoint.requests) == 1, ln.endpoint.describe()
+    assert ln.wait_stats(lambda s: s["spooled"] == 1, what="the event in the spool")
+    # Later attempts come from the spool and carry the same event.
+    assert {r.body for r in ln.endpoint.requests} == {request.body}, ln.endpoint.describe()
 
 
 def test_17_http_500_retried_until_success(ln):

@@ -67,7 +67,7 @@ pub enum DeliveryError {
 }
 
 impl DeliveryError {
-    fn retryable(&self) -> bool {
+    pub fn retryable(&self) -> bool {
         matches!(self, DeliveryError::Retryable(_))
     }
 }
@@ -112,18 +112,10 @@ impl Lambda {
 
     /// Delivers one payload: up to `1 + max_retries` attempts, each bounded by `timeout`,
     /// with exponential backoff between them. Counts each retry in `stats.retried`.
-    pub async fn deliver(&self, payload: Vec<u8>, stats: &Stats) -> Result<(), DeliveryError> {
+    pub async fn deliver(&self, payload: &[u8], stats: &Stats) -> Result<(), DeliveryError> {
         let mut attempt = 0;
         loop {
-            let result =
-                match tokio::time::timeout(self.target.timeout, self.invoke(&payload)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(DeliveryError::Retryable(format!(
-                        "no answer within {} ms",
-                        self.target.timeout.as_millis()
-                    ))),
-                };
-            match result {
+            match self.attempt(payload).await {
                 Err(e) if e.retryable() && attempt < self.target.max_retries => {
                     Stats::count(&stats.retried);
                     tokio::time::sleep(backoff(attempt)).await;
@@ -131,6 +123,17 @@ impl Lambda {
                 }
                 other => return other,
             }
+        }
+    }
+
+    /// One attempt, bounded by the per-attempt timeout.
+    pub async fn attempt(&self, payload: &[u8]) -> Result<(), DeliveryError> {
+        match tokio::time::timeout(self.target.timeout, self.invoke(payload)).await {
+            Ok(result) => result,
+            Err(_) => Err(DeliveryError::Retryable(format!(
+                "no answer within {} ms",
+                self.target.timeout.as_millis()
+            ))),
         }
     }
 
