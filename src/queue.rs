@@ -183,6 +183,7 @@ impl Stats {
             c.store(0, Ordering::Relaxed);
         }
         self.last_sent_at.store(0, Ordering::Relaxed);
+        self.last_hook_warning_at.store(0, Ordering::Relaxed);
         self.set_last_error("", 0);
     }
 }

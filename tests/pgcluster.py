@@ -102,8 +102,9 @@ class PgCluster(Disposable):
     live: set["PgCluster"] = set()  # started and not yet stopped
 
     def __init__(self, settings: dict | None = None, hba: list[str] | None = None,
-                 preload: bool = True, name: str = "pg"):
+                 preload: bool = True, name: str = "pg", env: dict | None = None):
         self.name = name
+        self.env = dict(env or {})  # extra server environment (over AWS_TEST_ENV)
         self.settings = dict(settings or {})
         self.hba = list(hba or DEFAULT_HBA)
         self.preload = preload
@@ -160,12 +161,33 @@ class PgCluster(Disposable):
             self._run_pg("pg_ctl", "stop", "-w", "-t", "30", "-m", "immediate",
                          "-D", str(self.data_dir), check=False)
 
+    def restart(self, mode: str = "fast"):
+        """Stop (cleanly with "fast") and start again on the same data directory."""
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
+        self._run_pg("pg_ctl", "restart", "-w", "-t", "60", "-m", mode, "-D", str(self.data_dir),
+                     "-l", str(self.log_path))
+        PgCluster.live.add(self)
+
+    def postmaster_pid(self) -> int:
+        return int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+
+    def forget_admin_session(self):
+        """After a crash restart the admin session is gone; the next query reconnects."""
+        if self._admin is not None:
+            try:
+                self._admin.close()
+            finally:
+                self._admin = None
+
     def remove(self):
         if self.base is not None:
             shutil.rmtree(self.base, ignore_errors=True)
 
     def _run_pg(self, program: str, *args: str, check: bool = True):
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(self.base), "LANG": "C.UTF-8", **AWS_TEST_ENV}
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(self.base), "LANG": "C.UTF-8", **AWS_TEST_ENV,
+               **self.env}
         command = ["runuser", "-u", PG_OS_USER, "--", "env", "-i",
                    *(f"{k}={v}" for k, v in env.items()), str(PG_BIN / program), *args]
         # Own process group, so that an interrupt or timeout kills runuser's child too.

@@ -15,7 +15,9 @@ pub struct Spool {
     path: PathBuf,
     entries: VecDeque<Vec<u8>>,
     max: usize,
-    file: File,
+    /// Opened on the first write: a server whose deliveries succeed (a standby, say)
+    /// writes nothing.
+    file: Option<File>,
     dirty: bool,
 }
 
@@ -30,11 +32,8 @@ pub struct Loaded {
 }
 
 impl Spool {
-    /// Opens (creating it if needed) the spool at `path`, holding at most `max` events.
+    /// Loads the spool at `path` (if the file exists), holding at most `max` events.
     pub fn open(path: &Path, max: usize) -> io::Result<(Spool, Loaded)> {
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
-        }
         let mut loaded = Loaded::default();
         let mut entries = VecDeque::new();
         if let Ok(existing) = File::open(path) {
@@ -51,12 +50,11 @@ impl Spool {
             }
         }
         loaded.events = entries.len();
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
         let mut spool = Spool {
             path: path.to_path_buf(),
             entries,
             max,
-            file,
+            file: None,
             dirty: false,
         };
         if loaded.corrupt + loaded.over_cap > 0 {
@@ -82,10 +80,25 @@ impl Spool {
         let mut line = Vec::with_capacity(payload.len() + 1);
         line.extend_from_slice(payload);
         line.push(b'\n');
-        self.file.write_all(&line)?;
+        self.append_handle()?.write_all(&line)?;
         line.pop();
         self.entries.push_back(line);
         Ok(true)
+    }
+
+    fn append_handle(&mut self) -> io::Result<&mut File> {
+        if self.file.is_none() {
+            if let Some(dir) = self.path.parent() {
+                fs::create_dir_all(dir)?;
+            }
+            self.file = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?,
+            );
+        }
+        Ok(self.file.as_mut().expect("opened above"))
     }
 
     /// Copies of the oldest `n` payloads.
@@ -125,7 +138,7 @@ impl Spool {
             out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         }
         fs::rename(&tmp, &self.path)?;
-        self.file = OpenOptions::new().append(true).open(&self.path)?;
+        self.file = None;
         self.dirty = false;
         Ok(())
     }
@@ -133,7 +146,10 @@ impl Spool {
     /// Makes appended payloads durable (at shutdown).
     pub fn sync(&mut self) -> io::Result<()> {
         self.compact()?;
-        self.file.sync_all()
+        match &self.file {
+            Some(file) => file.sync_all(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -156,6 +172,7 @@ mod tests {
         let path = temp_path("reopen");
         let (mut spool, loaded) = Spool::open(&path, 10).unwrap();
         assert_eq!(loaded, Loaded::default());
+        assert!(!path.exists(), "nothing is written before the first event");
         for n in 0..3 {
             assert!(spool.add(&payload(n)).unwrap());
         }
