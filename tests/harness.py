@@ -175,9 +175,9 @@ class Harness:
                 "clusterName": self.cluster.show("cluster_name") or None,
                 "systemIdentifier": self.cluster.system_identifier(),
                 "version": self.cluster.server_version(),
-                "inRecovery": False,
             }
-        return self._server_info
+        return {**self._server_info,
+                "inRecovery": self.cluster.sql_value("SELECT pg_is_in_recovery()")}
 
     def expected_payload(self, login: Login, status: str = "success", auth_method: str = "trust",
                          event: str = "login") -> dict:
@@ -197,11 +197,13 @@ class Harness:
         assert_json_equal(rest, self.expected_payload(login, **expected_fields))
 
     def wait_event(self, login: Login, status: str = "success", timeout: float = 15):
-        """The one request for this login's event (matched by user, db and status)."""
-        request = self.endpoint.wait_for_payload(
-            lambda p: (p.get("userName"), p.get("databaseName"), p.get("status"))
-            == (login.user, login.dbname, status), timeout)
-        return request
+        """The request for this login's event: matched by user, db and status, and by
+        backend pid when the login succeeded (so it is known)."""
+        def matches(p):
+            return ((p.get("userName"), p.get("databaseName"), p.get("status"))
+                    == (login.user, login.dbname, status)
+                    and (type(login.pid) is not int or p.get("backendPid") == login.pid))
+        return self.endpoint.wait_for_payload(matches, timeout)
 
     def assert_delivered(self, login: Login, status: str = "success", auth_method: str = "trust",
                          timeout: float = 15):
