@@ -25,12 +25,12 @@ unit-test: setup
 	cargo pgrx test pg15 --runas postgres --pgdata $(PGRX_TEST_DATA)
 
 # Real logins against real clusters and a real HTTP endpoint speaking the Lambda Invoke API.
-integration-test: install-test
+integration-test: install-test notifier-build
 	.venv/bin/python -m pytest tests -v $(PYTEST_ARGS)
 
-test: unit-test integration-test
+test: notifier-test unit-test integration-test
 
-demo: install
+demo: install notifier-build
 	.venv/bin/python demo/demo.py
 
 fmt:
@@ -39,3 +39,26 @@ fmt:
 clean:
 	cargo clean
 	rm -rf .venv $(PGRX_TEST_DATA)
+
+# Benchmark (bench/, BENCHMARKS.md): not part of `make test`; timings are never assertions.
+# Measures the release build packaged in target/release/login_notification-pg15 (the build
+# installed in $libdir is left alone); the run takes about 7 minutes on 2 cores.
+#   make bench BENCH_ARGS='--rounds 1 --seconds 2 --no-write'   # a quick try
+BENCH_ARGS ?=
+.PHONY: bench package-release
+
+package-release: setup
+	cargo pgrx package --pg-config $(PG_CONFIG)
+
+bench: package-release
+	.venv/bin/python bench/bench.py $(BENCH_ARGS)
+
+# The notifier Lambda function (notifier/) and its SAM template (deploy/). The end-to-end
+# test and the demo run the debug build in ministack as a provided.al2023 `bootstrap`.
+.PHONY: notifier-build notifier-test
+notifier-build:
+	cargo build -p notifier
+
+notifier-test: setup
+	cargo test -p notifier
+	.venv/bin/cfn-lint deploy/template.yaml

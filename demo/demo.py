@@ -1,17 +1,20 @@
 #!/usr/bin/env python3
-"""login_notification demo (run by `make demo`, after `make install`).
+"""login_notification demo (run by `make demo`, after `make install`): the whole chain.
 
-Starts ministack (a local AWS emulator) with a small Python Lambda function that
-records every event it gets, and a throwaway PostgreSQL cluster with the extension
-preloaded and notify_on = 'all'.  Then it logs in a few times -- a trust login,
-a scram-sha-256 login with an application_name and a wrong password -- and shows
-what the function received, followed by the extension's stats.  Everything it
-started is stopped again, also on Ctrl-C or failure.  Only 127.0.0.1 is used.
+    PostgreSQL + login_notification ──Invoke──▶ ministack Lambda: the notifier (notifier/,
+    a Rust `bootstrap` binary) ──Publish──▶ SNS topic ──▶ SQS queue (the "mailbox")
+
+ministack is a local AWS emulator; it runs the notifier as a local process, and the SQS
+queue subscribed to the topic stands in for the email subscription of a real deploy.
+The demo logs in a few times -- alice (trust), bob (scram-sha-256), bob with a wrong
+password, and "monitoring", whom the function's SKIP_USERS drops -- then prints the
+messages that reached the queue as an operator would read them, what the function
+logged, and the extension's stats.  Everything it started is stopped again, also on
+Ctrl-C or failure.  Only 127.0.0.1 is used.
 """
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 from contextlib import ExitStack
@@ -21,32 +24,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from harness import PASSWORD, Harness, create_role  # noqa: E402
 from ministack_helper import REGION, MiniStack  # noqa: E402
+from notifier_stack import SERVICES, NotifierStack  # noqa: E402
 from pgcluster import PG_BIN, PgCluster  # noqa: E402
 
 EXTENSION_LIBRARY = PG_BIN.parent / "lib" / "login_notification.so"
 FUNCTION_NAME = "login-notifier"
+SKIPPED_USER = "monitoring"
 HBA = [
     "local all all trust",
-    "host all alice 127.0.0.1/32 trust",
+    f"host all alice,{SKIPPED_USER} 127.0.0.1/32 trust",
     "host all all 127.0.0.1/32 scram-sha-256",
 ]
-DELIVERY_TIMEOUT = 30
-USERS = ("alice", "bob")
+DELIVERY_TIMEOUT = 60
+EXPECTED_MESSAGES = 3  # alice, bob, bob's failure
 
 
 def step(message: str):
     print(f"==> {message}", flush=True)
 
 
-def start_ministack(stack: ExitStack):
-    step("starting ministack (local AWS emulator) on 127.0.0.1")
-    ministack = stack.enter_context(MiniStack())
-    step(f"deploying Lambda function {FUNCTION_NAME!r} (Python 3.11, records each event)")
-    return ministack, ministack.create_recorder(FUNCTION_NAME)
+def start_receiving_side(stack: ExitStack) -> tuple[MiniStack, NotifierStack]:
+    step("starting ministack (local AWS emulator: Lambda, SNS, SQS, Logs) on 127.0.0.1")
+    ministack = stack.enter_context(MiniStack(SERVICES))
+    step(f"building the notifier and deploying it as {FUNCTION_NAME!r} (provided.al2023), "
+         f"with SKIP_USERS={SKIPPED_USER}; SNS topic -> SQS queue")
+    return ministack, NotifierStack(ministack, FUNCTION_NAME, {"SKIP_USERS": SKIPPED_USER})
 
 
 def start_cluster(stack: ExitStack, ministack: MiniStack) -> PgCluster:
-    step("starting a throwaway PostgreSQL 15 cluster with login_notification preloaded")
+    step("starting a throwaway PostgreSQL 15 cluster (cluster_name 'demo') with login_notification")
     cluster = PgCluster({
         "login_notification.function_name": FUNCTION_NAME,
         "login_notification.region": REGION,
@@ -58,6 +64,7 @@ def start_cluster(stack: ExitStack, ministack: MiniStack) -> PgCluster:
     cluster.sql("CREATE EXTENSION login_notification")
     create_role(cluster, "alice")
     create_role(cluster, "bob", "PASSWORD {pw}")
+    create_role(cluster, SKIPPED_USER)
     return cluster
 
 
@@ -69,55 +76,40 @@ def log_in(demo: Harness):
     step("bob mistypes his password")
     attempt = demo.failed_login("bob", tcp=True, password="hunter2", application_name="psql")
     print(f"    PostgreSQL said: {str(attempt.error).split('FATAL:')[-1].strip()}")
+    step(f"{SKIPPED_USER} logs in (the function drops it: SKIP_USERS)")
+    demo.login(SKIPPED_USER, tcp=True, application_name="prometheus")
 
 
-def show_event(number: int, event: dict):
-    port = event.get("remotePort")
-    host = event.get("remoteHost") + (f":{port}" if port is not None else "")
-    print(f"\n--- notification {number}: {event.get('event')} {event.get('status').upper()} ---")
-    for label, value in [
-        ("status", event.get("status")),
-        ("user", event.get("userName")),
-        ("database", event.get("databaseName")),
-        ("remote host", host),
-        ("application", event.get("applicationName") or "(none)"),
-        ("auth method", event.get("authMethod")),
-        ("time (UTC)", event.get("time")),
-        ("server", "{host}:{port} ({clusterName}, PostgreSQL {version})".format(**event.get("server", {}))),
-    ]:
-        print(f"  {label:<12} {value}")
-    print("  raw JSON:")
-    print("    " + json.dumps(event, indent=2, ensure_ascii=False).replace("\n", "\n    "))
-
-
-def show_stats(stats: dict):
-    print("\n--- SELECT * FROM login_notification.stats ---")
-    for name, value in stats.items():
-        print(f"  {name:<14} {value}")
+def show_mailbox(notifier: NotifierStack):
+    messages = notifier.wait_for(lambda n: True, DELIVERY_TIMEOUT, count=EXPECTED_MESSAGES)
+    messages.sort(key=lambda n: n.fields().get("time", ""))
+    for number, message in enumerate(messages, 1):
+        print(f"\n--- message {number} of {len(messages)} in the queue (the operator's mailbox) ---")
+        print(f"Subject: {message.subject}")
+        print("Attributes: " + ", ".join(f"{k}={v}" for k, v in sorted(message.attributes.items())))
+        print()
+        print("\n".join(f"  {line}" for line in message.body.splitlines()))
 
 
 def run(stack: ExitStack):
     if not EXTENSION_LIBRARY.exists():
         sys.exit(f"{EXTENSION_LIBRARY} not found: run `make install` first")
-    ministack, function = start_ministack(stack)
+    ministack, notifier = start_receiving_side(stack)
     cluster = start_cluster(stack, ministack)
     demo = Harness(cluster, endpoint=None)
-    demo.wait_quiet(DELIVERY_TIMEOUT)  # the setup session's own login
-    function.clear()
+    notifier.wait_for(lambda n: n.attributes.get("userName") == "postgres", DELIVERY_TIMEOUT)
+    notifier.received.clear()  # the message about the setup session's own login
     demo.reset_stats()
 
     log_in(demo)
-    step("waiting for the function to receive the 3 notifications")
-    events = function.wait_for(lambda e: e.get("userName") in USERS, DELIVERY_TIMEOUT, count=3)
-    for number, event in enumerate(sorted(events, key=lambda e: e.get("time", "")), 1):
-        show_event(number, event)
-    show_stats(demo.wait_stats(lambda s: s["sent"] >= 3, DELIVERY_TIMEOUT))
-
-    printed = [line for line in ministack.log_text().splitlines()
-               if line.startswith("login notification:") and any(f"of '{user}'" in line for user in USERS)]
-    if printed:
-        print("\n--- what the function printed (ministack's log) ---")
-        print("\n".join(f"  {line}" for line in printed))
+    step(f"waiting for {EXPECTED_MESSAGES} messages in the queue")
+    show_mailbox(notifier)
+    log = notifier.wait_log(f"user {SKIPPED_USER} is in SKIP_USERS", DELIVERY_TIMEOUT)
+    print("\n--- what the function logged (CloudWatch Logs /aws/lambda/" + FUNCTION_NAME + ") ---")
+    print("\n".join(f"  {line}" for line in log.splitlines() if line.startswith(("published", "skipped", "ERROR"))))
+    print("\n--- SELECT * FROM login_notification.stats ---")
+    for name, value in demo.wait_stats(lambda s: s["sent"] >= EXPECTED_MESSAGES + 1, DELIVERY_TIMEOUT).items():
+        print(f"  {name:<14} {value}")
 
 
 def main() -> int:

@@ -37,7 +37,8 @@ def recorder_zip() -> bytes:
 
 
 class MiniStack(Disposable):
-    def __init__(self):
+    def __init__(self, services: str = "lambda"):
+        self.services = services  # ministack's SERVICES: a comma-separated list
         self.port = free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix="ministack-"))
         self.log_path = self.workdir / "ministack.log"
@@ -51,7 +52,7 @@ class MiniStack(Disposable):
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update(AWS_TEST_ENV, GATEWAY_PORT=str(self.port), BIND_HOST="127.0.0.1",
                    TMPDIR=str(self.workdir), S3_DATA_DIR=str(self.workdir / "s3"),
-                   SFTP_ENABLED="0", IOT_MTLS_ENABLED="0", SERVICES="lambda",
+                   SFTP_ENABLED="0", IOT_MTLS_ENABLED="0", SERVICES=self.services,
                    MINISTACK_REGION=REGION)
         with open(self.log_path, "wb") as log:
             self._process = subprocess.Popen([sys.executable, "-m", "ministack"], env=env,
@@ -94,7 +95,11 @@ class MiniStack(Disposable):
 
     # -- Lambda ---------------------------------------------------------------
     def lambda_client(self):
-        return boto3.client("lambda", endpoint_url=self.url, region_name=REGION,
+        return self.client("lambda")
+
+    def client(self, service: str):
+        """A boto3 client of `service` talking to this ministack."""
+        return boto3.client(service, endpoint_url=self.url, region_name=REGION,
                             aws_access_key_id=AWS_TEST_ENV["AWS_ACCESS_KEY_ID"],
                             aws_secret_access_key=AWS_TEST_ENV["AWS_SECRET_ACCESS_KEY"])
 
@@ -109,9 +114,14 @@ class MiniStack(Disposable):
             Role=f"arn:aws:iam::{ACCOUNT_ID}:role/login-notification-recorder",
             Code={"ZipFile": recorder_zip()}, Timeout=30,
             Environment={"Variables": {"RECORD_FILE": str(record_file)}})
-        wait_until(lambda: client.get_function(FunctionName=name)["Configuration"]["State"] == "Active",
-                   30, interval=0.2, what=f"function {name} to become Active")
+        self.wait_active(name)
         return Recorder(name, record_file)
+
+    def wait_active(self, name: str, timeout: float = 30):
+        """Wait until the function `name` can be invoked."""
+        client = self.lambda_client()
+        wait_until(lambda: client.get_function(FunctionName=name)["Configuration"]["State"] == "Active",
+                   timeout, interval=0.2, what=f"function {name} to become Active")
 
 
 class Recorder:
