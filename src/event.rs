@@ -6,8 +6,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 use std::borrow::Cow;
 
-/// `NAMEDATALEN`: role, database and application names are at most 63 bytes plus NUL.
-pub const NAME_LEN: usize = 64;
+/// `NAMEDATALEN - 1`: PostgreSQL keeps role, database and application names to 63 bytes.
+pub const NAME_LEN: usize = 63;
 /// `remote_host` is always numeric (an IPv6 address with a zone fits in 64 bytes) or `[local]`.
 pub const HOST_LEN: usize = 64;
 /// Authentication method names (`scram-sha-256` is the longest today).
@@ -516,14 +516,14 @@ mod tests {
 
     #[test]
     fn truncation_keeps_utf8_whole() {
-        // 63 bytes of ASCII then a 3-byte character: the character does not fit in 64.
-        let mut name = "a".repeat(63);
+        // 62 bytes of ASCII then a 3-byte character: the character does not fit in 63.
+        let mut name = "a".repeat(62);
         name.push('日');
         let s = FixedStr::<NAME_LEN>::new(name.as_bytes());
-        assert_eq!(s.as_bytes().len(), 63);
-        assert_eq!(s.to_str_lossy(), "a".repeat(63));
+        assert_eq!(s.as_bytes().len(), 62);
+        assert_eq!(s.to_str_lossy(), "a".repeat(62));
 
-        let exact = "é".repeat(32); // 64 bytes
+        let exact = "é".repeat(31) + "x"; // 63 bytes
         assert_eq!(
             FixedStr::<NAME_LEN>::new(exact.as_bytes()).to_str_lossy(),
             exact
@@ -532,7 +532,7 @@ mod tests {
         let long = "x".repeat(500);
         assert_eq!(
             FixedStr::<NAME_LEN>::new(long.as_bytes()).as_bytes().len(),
-            64
+            63
         );
     }
 

@@ -6,7 +6,9 @@
 //! `hook_errors`, logged as one rate-limited WARNING, and the login goes on with the status
 //! it had — an escaped ERROR would become FATAL and refuse the login.
 
-use crate::event::{self, AuthStatus, EventKind, FixedStr, LoginEvent, LoginFacts, METHOD_LEN};
+use crate::event::{
+    self, AuthStatus, EventKind, FixedStr, LoginEvent, LoginFacts, METHOD_LEN, NAME_LEN,
+};
 use crate::queue::{Queue, Stats};
 use crate::{guc, shmem};
 use pgrx::pg_sys::libpq::be::Port;
@@ -108,6 +110,25 @@ unsafe extern "C-unwind" {
     fn login_notification_ssl_in_use(port: *const Port) -> bool;
     fn login_notification_ssl_version(port: *const Port) -> *const c_char;
     fn login_notification_ssl_cipher(port: *const Port) -> *const c_char;
+    fn login_notification_raw_application_name(port: *const Port) -> *const c_char;
+}
+
+/// application_name as the session will show it in pg_stat_activity: the raw value
+/// clipped like an identifier (NAMEDATALEN - 1 bytes, whole UTF-8 characters), then
+/// cleaned to printable ASCII as the server version does it: `?` up to PostgreSQL 15,
+/// `\xNN` escapes (clipped again) from 16 on.
+fn session_application_name(raw: &[u8], major_version: u32) -> Vec<u8> {
+    let clipped = FixedStr::<NAME_LEN>::new(raw);
+    let mut out = Vec::with_capacity(NAME_LEN);
+    for &b in clipped.as_bytes() {
+        match b {
+            32..=126 => out.push(b),
+            _ if major_version >= 16 => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+            _ => out.push(b'?'),
+        }
+    }
+    out.truncate(NAME_LEN);
+    out
 }
 
 /// Only valid during authentication (see `SESSION_AUTH_METHOD`).
@@ -149,6 +170,15 @@ fn login_event(
     user: &[u8],
     auth_method: FixedStr<METHOD_LEN>,
 ) -> LoginEvent {
+    // SAFETY: the shim returns NULL or a string owned by the Port's startup options.
+    let raw_app_name = unsafe { login_notification_raw_application_name(port) };
+    let app_name = (!raw_app_name.is_null()).then(|| {
+        // SAFETY: checked non-NULL; NUL-terminated.
+        session_application_name(
+            unsafe { c_bytes(raw_app_name) },
+            pg_sys::PG_VERSION_NUM / 10000,
+        )
+    });
     // SAFETY: every pointer read here is NULL or a NUL-terminated string owned by the Port
     // (allocated in TopMemoryContext, alive for the connection); the shim functions only
     // read the Port.
@@ -162,8 +192,7 @@ fn login_event(
             remote_port: std::str::from_utf8(c_bytes(port.remote_port))
                 .ok()
                 .and_then(|p| p.parse().ok()),
-            application_name: (!port.application_name.is_null())
-                .then(|| c_bytes(port.application_name)),
+            application_name: app_name.as_deref(),
             auth_method: auth_method.as_bytes(),
             ssl: login_notification_ssl_in_use(port).then(|| {
                 (
@@ -256,6 +285,17 @@ mod tests {
         assert_eq!(hook_errors(), before + 2);
         // The error state was cleaned up: the session keeps working.
         assert_eq!(Spi::get_one::<i32>("SELECT 41 + 1").unwrap(), Some(42));
+    }
+
+    #[test]
+    fn application_name_is_clipped_then_cleaned_like_the_session_does() {
+        use super::session_application_name as app;
+        assert_eq!(app(b"psql", 15), b"psql");
+        assert_eq!(app("é".repeat(40).as_bytes(), 15), b"?".repeat(62));
+        assert_eq!(app("a\tb".as_bytes(), 15), b"a?b");
+        assert_eq!(app(&[b'x'; 80], 15), vec![b'x'; 63]);
+        assert_eq!(app("é".as_bytes(), 16), b"\\xc3\\xa9");
+        assert_eq!(app("é".repeat(40).as_bytes(), 16).len(), 63);
     }
 
     #[pg_test]

@@ -6,6 +6,7 @@
 #include "postgres.h"
 #include "libpq/hba.h"
 #include "libpq/libpq-be.h"
+#include "nodes/pg_list.h"
 
 /* The pg_hba method that matched ("trust", "scram-sha-256", ...), or NULL. Valid only
  * during authentication: afterwards port->hba points into freed memory. */
@@ -42,4 +43,31 @@ login_notification_ssl_cipher(Port *port)
 		return be_tls_get_cipher(port);
 #endif
 	return NULL;
+}
+
+/*
+ * The raw application_name from the startup packet (the last one sent), or NULL.
+ * Port.application_name cannot be used: PostgreSQL cleans it before clipping it, while
+ * the session (pg_stat_activity) clips first; hook.rs reproduces the latter.
+ */
+const char *
+login_notification_raw_application_name(Port *port)
+{
+	ListCell   *lc;
+	const char *raw = NULL;
+
+	if (port == NULL)
+		return NULL;
+	/* guc_options holds name, value, name, value, ... */
+	for (lc = list_head(port->guc_options); lc != NULL; lc = lnext(port->guc_options, lc))
+	{
+		const char *name = (const char *) lfirst(lc);
+
+		lc = lnext(port->guc_options, lc);
+		if (lc == NULL)
+			break;
+		if (strcmp(name, "application_name") == 0)
+			raw = (const char *) lfirst(lc);
+	}
+	return raw;
 }
