@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 PGRX_VERSION=0.18.1
 APT_PACKAGES=(postgresql-15 postgresql-contrib postgresql-server-dev-15 libclang-dev clang pkg-config
-  libssl-dev libkrb5-dev build-essential sudo python3-venv)
+  libssl-dev libkrb5-dev build-essential sudo python3-venv unzip)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -297,8 +297,7 @@ pub fn init() {
         sighup(),
         GucFlags::default(),
     );
-    // SAFETY: called from _PG_init with a static C string.
-    unsafe { pg_sys::MarkGUCPrefixReserved(c"login_notification".as_ptr()) };
+    crate::compat::reserve_guc_prefix(c"login_notification");
 }
 
 fn string(setting: &GucSetting<Option<CString>>) -> String {

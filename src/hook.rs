@@ -10,7 +10,7 @@ use crate::event::{
     self, AuthStatus, EventKind, FixedStr, LoginEvent, LoginFacts, METHOD_LEN, NAME_LEN,
 };
 use crate::queue::{Queue, Stats};
-use crate::{guc, shmem};
+use crate::{compat, guc, shmem};
 use pgrx::pg_sys::libpq::be::Port;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::{pg_guard, pg_sys, PgTryBuilder};
@@ -116,14 +116,14 @@ unsafe extern "C-unwind" {
 /// application_name as the session will show it in pg_stat_activity: the raw value
 /// clipped like an identifier (NAMEDATALEN - 1 bytes, whole UTF-8 characters), then
 /// cleaned to printable ASCII as the server version does it: `?` up to PostgreSQL 15,
-/// `\xNN` escapes (clipped again) from 16 on.
-fn session_application_name(raw: &[u8], major_version: u32) -> Vec<u8> {
+/// `\xNN` escapes (clipped again) from 16 on (see `compat`).
+fn session_application_name(raw: &[u8], hex_escapes: bool) -> Vec<u8> {
     let clipped = FixedStr::<NAME_LEN>::new(raw);
     let mut out = Vec::with_capacity(NAME_LEN);
     for &b in clipped.as_bytes() {
         match b {
             32..=126 => out.push(b),
-            _ if major_version >= 16 => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+            _ if hex_escapes => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
             _ => out.push(b'?'),
         }
     }
@@ -176,7 +176,7 @@ fn login_event(
         // SAFETY: checked non-NULL; NUL-terminated.
         session_application_name(
             unsafe { c_bytes(raw_app_name) },
-            pg_sys::PG_VERSION_NUM / 10000,
+            compat::CLEAN_ASCII_HEX_ESCAPES,
         )
     });
     // SAFETY: every pointer read here is NULL or a NUL-terminated string owned by the Port
@@ -290,12 +290,12 @@ mod tests {
     #[test]
     fn application_name_is_clipped_then_cleaned_like_the_session_does() {
         use super::session_application_name as app;
-        assert_eq!(app(b"psql", 15), b"psql");
-        assert_eq!(app("é".repeat(40).as_bytes(), 15), b"?".repeat(62));
-        assert_eq!(app("a\tb".as_bytes(), 15), b"a?b");
-        assert_eq!(app(&[b'x'; 80], 15), vec![b'x'; 63]);
-        assert_eq!(app("é".as_bytes(), 16), b"\\xc3\\xa9");
-        assert_eq!(app("é".repeat(40).as_bytes(), 16).len(), 63);
+        assert_eq!(app(b"psql", false), b"psql");
+        assert_eq!(app("é".repeat(40).as_bytes(), false), b"?".repeat(62));
+        assert_eq!(app("a\tb".as_bytes(), false), b"a?b");
+        assert_eq!(app(&[b'x'; 80], false), vec![b'x'; 63]);
+        assert_eq!(app("é".as_bytes(), true), b"\\xc3\\xa9");
+        assert_eq!(app("é".repeat(40).as_bytes(), true).len(), 63);
     }
 
     #[pg_test]

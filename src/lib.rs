@@ -7,6 +7,7 @@ use pgrx::PgSqlErrorCode;
 
 ::pgrx::pg_module_magic!(name, version);
 
+mod compat;
 mod event;
 mod guc;
 mod hook;

@@ -3,8 +3,8 @@
 //! pgrx's fixed-size `PgLwLock`.
 
 use crate::event::LoginEvent;
-use crate::guc;
 use crate::queue::Queue;
+use crate::{compat, guc};
 use pgrx::{log, pg_guard, pg_sys};
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Mutex;
@@ -20,41 +20,20 @@ static QUEUE: AtomicPtr<Queue> = AtomicPtr::new(std::ptr::null_mut());
 static CARRIED_OVER: Mutex<Vec<LoginEvent>> = Mutex::new(Vec::new());
 
 static mut PREV_SHMEM_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
-#[cfg(not(any(feature = "pg13", feature = "pg14")))]
-static mut PREV_SHMEM_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
 
 fn size() -> usize {
     Queue::size_of(guc::queue_size())
 }
 
-/// Installs the request (PostgreSQL 15+) and startup hooks. Called from `_PG_init`, after
-/// the settings are defined.
+/// Requests the shared memory and installs the startup hook. Called from `_PG_init`, after
+/// the settings are defined (the size depends on queue_size).
 pub fn init() {
+    compat::request_shared_memory(size);
     // SAFETY: _PG_init runs once, single-threaded, in the postmaster; we keep the previous
-    // hooks and call them first.
+    // hook and call it first.
     unsafe {
-        #[cfg(not(any(feature = "pg13", feature = "pg14")))]
-        {
-            PREV_SHMEM_REQUEST_HOOK = pg_sys::shmem_request_hook;
-            pg_sys::shmem_request_hook = Some(shmem_request);
-        }
-        #[cfg(any(feature = "pg13", feature = "pg14"))]
-        pg_sys::RequestAddinShmemSpace(size());
-
         PREV_SHMEM_STARTUP_HOOK = pg_sys::shmem_startup_hook;
         pg_sys::shmem_startup_hook = Some(shmem_startup);
-    }
-}
-
-#[cfg(not(any(feature = "pg13", feature = "pg14")))]
-#[pg_guard]
-unsafe extern "C-unwind" fn shmem_request() {
-    // SAFETY: called by PostgreSQL in the postmaster while requests are allowed.
-    unsafe {
-        if let Some(prev) = PREV_SHMEM_REQUEST_HOOK {
-            prev();
-        }
-        pg_sys::RequestAddinShmemSpace(size());
     }
 }
 
