@@ -1,11 +1,14 @@
 # login_notification — build, test and demo. Run as root on Debian bookworm.
 #   make test   installs what is missing, builds, runs every test
 #   make demo   builds, installs, shows notifications arriving at a local Lambda
+# The PostgreSQL to build and test against (scripts/test-all.sh sets all three per version).
+PG_MAJOR ?= 15
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
-PGRX_TEST_DATA ?= /tmp/ln-pgrx
+PG_BIN ?= $(dir $(PG_CONFIG))
+PGRX_TEST_DATA ?= /tmp/ln-pgrx$(PG_MAJOR)
 PYTEST_ARGS ?=
 
-.PHONY: setup install install-test test unit-test integration-test demo fmt clean
+.PHONY: setup install install-test test test-all unit-test integration-test demo fmt clean
 
 setup:
 	./scripts/setup.sh
@@ -22,13 +25,17 @@ install-test: setup
 # postgres user (PostgreSQL refuses root).
 unit-test: setup
 	rm -rf $(PGRX_TEST_DATA) && mkdir -p $(PGRX_TEST_DATA) && chown postgres:postgres $(PGRX_TEST_DATA)
-	cargo pgrx test pg15 --runas postgres --pgdata $(PGRX_TEST_DATA)
+	cargo pgrx test pg$(PG_MAJOR) --runas postgres --pgdata $(PGRX_TEST_DATA)
 
 # Real logins against real clusters and a real HTTP endpoint speaking the Lambda Invoke API.
 integration-test: install-test notifier-build
-	.venv/bin/python -m pytest tests -v $(PYTEST_ARGS)
+	PG_BIN=$(PG_BIN) .venv/bin/python -m pytest tests -v $(PYTEST_ARGS)
 
 test: notifier-test unit-test integration-test
+
+# Every supported PostgreSQL (14-18), one line per version at the end.
+test-all:
+	./scripts/test-all.sh
 
 demo: install notifier-build
 	.venv/bin/python demo/demo.py
