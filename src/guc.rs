@@ -307,6 +307,21 @@ fn string(setting: &GucSetting<Option<CString>>) -> String {
         .unwrap_or_default()
 }
 
+/// Reads a string setting in place, without copying it (for the login path).
+fn with_bytes<R>(setting: &'static GucSetting<Option<CString>>, f: impl FnOnce(&[u8]) -> R) -> R {
+    // SAFETY: the setting's storage is NULL or a NUL-terminated string that PostgreSQL
+    // replaces only between statements, never while this backend runs the login hook.
+    let value = unsafe {
+        let p = *setting.as_ptr();
+        if p.is_null() {
+            b"" as &[u8]
+        } else {
+            CStr::from_ptr(p).to_bytes()
+        }
+    };
+    f(value)
+}
+
 pub fn enabled() -> bool {
     ENABLED.get()
 }
@@ -315,16 +330,21 @@ pub fn function_name() -> String {
     string(&FUNCTION_NAME)
 }
 
+/// True when a function is configured (no copy: this runs on the login path).
+pub fn function_configured() -> bool {
+    with_bytes(&FUNCTION_NAME, |name| !name.is_empty())
+}
+
 pub fn notify_on() -> NotifyOn {
     NOTIFY_ON.get()
 }
 
 pub fn skip_user(name: &[u8]) -> bool {
-    validate::list_contains(&string(&SKIP_USERS), name)
+    with_bytes(&SKIP_USERS, |list| validate::list_contains(list, name))
 }
 
 pub fn skip_database(name: &[u8]) -> bool {
-    validate::list_contains(&string(&SKIP_DATABASES), name)
+    with_bytes(&SKIP_DATABASES, |list| validate::list_contains(list, name))
 }
 
 pub fn queue_size() -> usize {

@@ -68,14 +68,14 @@ fn report(port: *mut Port, status: i32) {
     // SAFETY: PostgreSQL passes the live Port of this connection; we only read it.
     let port = unsafe { &*port };
     let auth_method = auth_method(port);
-    SESSION_AUTH_METHOD.set(auth_method);
+    SESSION_AUTH_METHOD.0.set(auth_method);
     #[cfg(feature = "fault_injection")]
     match guc::debug_fault() {
         guc::DebugFault::None => {}
         guc::DebugFault::Panic => panic!("login_notification.debug_fault: injected panic"),
         guc::DebugFault::Error => pgrx::error!("login_notification.debug_fault: injected error"),
     }
-    if !guc::enabled() || guc::function_name().is_empty() {
+    if !guc::enabled() || !guc::function_configured() {
         return;
     }
     let success = status == pg_sys::STATUS_OK as i32;
@@ -83,7 +83,12 @@ fn report(port: *mut Port, status: i32) {
         return;
     }
     // SAFETY: the name fields are NULL or NUL-terminated strings owned by the Port.
-    let (user, database) = unsafe { (c_bytes(port.user_name), c_bytes(port.database_name)) };
+    let (user, database) = unsafe {
+        (
+            c_bytes(login_notification_user_name(port)),
+            c_bytes(login_notification_database_name(port)),
+        )
+    };
     if guc::skip_user(user) || guc::skip_database(database) {
         Stats::count(&queue.stats.skipped);
         return;
@@ -97,15 +102,22 @@ fn report(port: *mut Port, status: i32) {
     push_and_wake(queue, &ev);
 }
 
-thread_local! {
-    /// This backend's own authentication method, remembered for `send_test`: after login,
-    /// `Port.hba` points into freed memory (PostmasterContext is deleted).
-    static SESSION_AUTH_METHOD: Cell<FixedStr<METHOD_LEN>> = const { Cell::new(FixedStr::EMPTY) };
-}
+/// This backend's own authentication method, remembered for `send_test`: after login,
+/// `Port.hba` points into freed memory (PostmasterContext is deleted). A plain static, not
+/// a thread_local: a backend has one thread, and dynamic TLS in a dlopen()ed library costs
+/// an allocation on first use in every new backend — on the login path.
+struct SessionAuthMethod(Cell<FixedStr<METHOD_LEN>>);
+// SAFETY: only the backend's main thread (the hook, then SQL functions) touches it.
+unsafe impl Sync for SessionAuthMethod {}
+static SESSION_AUTH_METHOD: SessionAuthMethod = SessionAuthMethod(Cell::new(FixedStr::EMPTY));
 
-// Compatibility shim compiled from src/port_info.c against the server's headers: these Port
-// fields move between versions and build options, so they are not read from Rust.
+// Compatibility shim compiled from src/port_info.c against the server's headers: Port's
+// layout moves between versions and build options, so no field of it is read from Rust.
 unsafe extern "C-unwind" {
+    fn login_notification_user_name(port: *const Port) -> *const c_char;
+    fn login_notification_database_name(port: *const Port) -> *const c_char;
+    fn login_notification_remote_host(port: *const Port) -> *const c_char;
+    fn login_notification_remote_port(port: *const Port) -> *const c_char;
     fn login_notification_auth_method(port: *const Port) -> *const c_char;
     fn login_notification_ssl_in_use(port: *const Port) -> bool;
     fn login_notification_ssl_version(port: *const Port) -> *const c_char;
@@ -145,7 +157,7 @@ fn auth_method(port: &Port) -> FixedStr<METHOD_LEN> {
 pub fn session_event(kind: EventKind, status: AuthStatus, user: &[u8]) -> LoginEvent {
     // SAFETY: MyProcPort is NULL or this backend's connection, alive for the session.
     match unsafe { pg_sys::MyProcPort.cast::<Port>().as_ref() } {
-        Some(port) => login_event(port, kind, status, user, SESSION_AUTH_METHOD.get()),
+        Some(port) => login_event(port, kind, status, user, SESSION_AUTH_METHOD.0.get()),
         None => LoginEvent::new(&LoginFacts {
             kind,
             status,
@@ -187,9 +199,9 @@ fn login_event(
             kind,
             status,
             user_name: user,
-            database_name: c_bytes(port.database_name),
-            remote_host: c_bytes(port.remote_host),
-            remote_port: std::str::from_utf8(c_bytes(port.remote_port))
+            database_name: c_bytes(login_notification_database_name(port)),
+            remote_host: c_bytes(login_notification_remote_host(port)),
+            remote_port: std::str::from_utf8(c_bytes(login_notification_remote_port(port)))
                 .ok()
                 .and_then(|p| p.parse().ok()),
             application_name: app_name.as_deref(),

@@ -1,7 +1,8 @@
 /*
- * Compatibility shim: reads the parts of PostgreSQL's Port that differ between major
- * versions and build options (ENABLE_GSS, USE_SSL shift the fields after `hba`), compiled
- * against the server's own headers so the layout is always right. Called from hook.rs.
+ * Compatibility shim: every read of PostgreSQL's Port goes through here, compiled against
+ * the server's own headers, because its layout differs between major versions (17 dropped
+ * fields before the names) and build options (ENABLE_GSS, USE_SSL shift the fields after
+ * `hba`). Nothing here allocates or can raise an ERROR. Called from hook.rs.
  */
 #include "postgres.h"
 #include "libpq/hba.h"
@@ -70,4 +71,29 @@ login_notification_raw_application_name(Port *port)
 			raw = (const char *) lfirst(lc);
 	}
 	return raw;
+}
+
+/* The startup packet's names and the client's address, as PostgreSQL stored them. */
+const char *
+login_notification_user_name(Port *port)
+{
+	return port ? port->user_name : NULL;
+}
+
+const char *
+login_notification_database_name(Port *port)
+{
+	return port ? port->database_name : NULL;
+}
+
+const char *
+login_notification_remote_host(Port *port)
+{
+	return port ? port->remote_host : NULL;
+}
+
+const char *
+login_notification_remote_port(Port *port)
+{
+	return port ? port->remote_port : NULL;
 }

@@ -54,13 +54,16 @@ pub fn parse_name_list(raw: &str) -> Result<Vec<String>, String> {
     }
 }
 
-/// True when `name` (raw bytes from PostgreSQL) is in the list. The list was validated by
-/// the check hook; an unparsable one matches nothing.
-pub fn list_contains(raw: &str, name: &[u8]) -> bool {
-    !raw.is_empty()
-        && parse_name_list(raw)
-            .map(|names| names.iter().any(|n| n.as_bytes() == name))
-            .unwrap_or(false)
+/// True when `name` (raw bytes from PostgreSQL) is in the list (raw bytes of the
+/// setting). The list was validated by the check hook; an unparsable one matches nothing.
+pub fn list_contains(raw: &[u8], name: &[u8]) -> bool {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return false;
+    }
+    std::str::from_utf8(raw)
+        .ok()
+        .and_then(|raw| parse_name_list(raw).ok())
+        .is_some_and(|names| names.iter().any(|n| n.as_bytes() == name))
 }
 
 fn is_function_name(s: &str) -> bool {
@@ -233,11 +236,12 @@ mod tests {
 
     #[test]
     fn list_membership_is_exact() {
-        assert!(list_contains("alice, bob", b"bob"));
-        assert!(!list_contains("alice, bob", b"Bob"));
-        assert!(!list_contains("alice", b"alic"));
-        assert!(list_contains("\"o'brien \\\"", b"o'brien \\"));
-        assert!(!list_contains("", b""));
+        assert!(list_contains(b"alice, bob", b"bob"));
+        assert!(!list_contains(b"alice, bob", b"Bob"));
+        assert!(!list_contains(b"alice", b"alic"));
+        assert!(list_contains(b"\"o'brien \\\"", b"o'brien \\"));
+        assert!(!list_contains(b"", b""));
+        assert!(!list_contains(b"  ", b""));
     }
 
     #[test]
