@@ -55,11 +55,18 @@ unsafe extern "C-unwind" fn client_authentication(port: *mut Port, status: i32) 
 }
 
 /// Runs our part of the login path so that nothing escapes: a Rust panic or PostgreSQL
-/// ERROR is caught (and PostgreSQL's error state flushed), counted, and logged.
-pub fn fail_open(part: impl FnOnce() + std::panic::UnwindSafe) {
-    PgTryBuilder::new(part)
-        .catch_others(note_hook_error)
-        .execute();
+/// ERROR is caught (and PostgreSQL's error state flushed), counted, and logged. Returns
+/// whether it caught one.
+pub fn fail_open(part: impl FnOnce() + std::panic::UnwindSafe) -> bool {
+    PgTryBuilder::new(|| {
+        part();
+        false
+    })
+    .catch_others(|err| {
+        note_hook_error(err);
+        true
+    })
+    .execute()
 }
 
 /// Our part of the hook: filter, copy, push, wake.
@@ -217,10 +224,11 @@ fn login_event(
     }
 }
 
-/// Pushes without waiting (a full or busy queue counts a drop) and wakes the worker.
+/// Pushes without waiting (a full or busy queue counts a drop) and wakes the worker, if it
+/// had nothing waiting: a burst costs one wake-up, not one per login.
 pub fn push_and_wake(queue: &Queue, ev: &LoginEvent) -> bool {
-    let pushed = queue.push(ev).is_ok();
-    if pushed {
+    let pushed = queue.push(ev);
+    if pushed == Ok(true) {
         let latch = queue.worker.latch.load(Ordering::Acquire);
         if !latch.is_null() {
             // SAFETY: the worker published its process latch, which lives in shared memory
@@ -229,7 +237,7 @@ pub fn push_and_wake(queue: &Queue, ev: &LoginEvent) -> bool {
             unsafe { pg_sys::SetLatch(latch.cast()) };
         }
     }
-    pushed
+    pushed.is_ok()
 }
 
 /// The bytes of a C string, or empty for NULL.
@@ -280,21 +288,24 @@ mod tests {
             .load(Ordering::Relaxed)
     }
 
+    // The counter is cluster-wide and other tests run at the same time: it must grow by at
+    // least what this test caused.
+
     #[pg_test]
     fn a_panic_in_the_hook_is_caught_and_counted() {
         let before = hook_errors();
-        fail_open(|| panic!("injected panic"));
-        assert_eq!(hook_errors(), before + 1);
+        assert!(fail_open(|| panic!("injected panic")));
+        assert!(hook_errors() > before);
     }
 
     #[pg_test]
     fn a_postgres_error_in_the_hook_is_caught_and_counted() {
         let before = hook_errors();
-        fail_open(|| pgrx::error!("injected error"));
-        fail_open(|| {
+        assert!(fail_open(|| pgrx::error!("injected error")));
+        assert!(fail_open(|| {
             Spi::run("SELECT 1/0").unwrap();
-        });
-        assert_eq!(hook_errors(), before + 2);
+        }));
+        assert!(hook_errors() >= before + 2);
         // The error state was cleaned up: the session keeps working.
         assert_eq!(Spi::get_one::<i32>("SELECT 41 + 1").unwrap(), Some(42));
     }
@@ -311,9 +322,9 @@ mod tests {
     }
 
     #[pg_test]
-    fn the_normal_path_counts_nothing() {
-        let before = hook_errors();
-        fail_open(|| ());
-        assert_eq!(hook_errors(), before);
+    fn the_normal_path_catches_nothing() {
+        let ran = std::sync::atomic::AtomicBool::new(false);
+        assert!(!fail_open(|| ran.store(true, Ordering::Relaxed)));
+        assert!(ran.load(Ordering::Relaxed));
     }
 }

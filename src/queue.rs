@@ -16,25 +16,35 @@ use std::sync::atomic::{
 /// Longest `last_error` kept, in bytes.
 pub const LAST_ERROR_LEN: usize = 256;
 
-/// Spins a producer (the login path) tries before it drops the event instead of waiting.
-const PRODUCER_SPINS: u32 = 2_000;
+/// How long a producer (the login path) tries for the lock before it drops the event
+/// instead of waiting. Critical sections are one event copy, but on a busy machine the
+/// holder can be descheduled for a moment: a few spins alone drop events needlessly.
+const PRODUCER_PATIENCE: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// A test-and-set lock that lives in shared memory.
 #[repr(C)]
 struct SpinLock(AtomicBool);
 
 impl SpinLock {
-    fn try_lock(&self, spins: u32) -> bool {
-        for i in 0..spins {
-            if !self.0.load(Ordering::Relaxed)
-                && self
-                    .0
-                    .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            {
+    fn try_lock_once(&self) -> bool {
+        !self.0.load(Ordering::Relaxed)
+            && self
+                .0
+                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Spins (yielding now and then) for at most `patience`.
+    fn try_lock_for(&self, patience: std::time::Duration) -> bool {
+        let started = std::time::Instant::now();
+        for i in 0u32.. {
+            if self.try_lock_once() {
                 return true;
             }
             if i % 64 == 63 {
+                if started.elapsed() >= patience {
+                    return false;
+                }
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();
@@ -46,7 +56,7 @@ impl SpinLock {
     /// For the consumer and readers of `last_error`: critical sections are a few hundred
     /// bytes of copying, so this never waits long.
     fn lock(&self) {
-        while !self.try_lock(u32::MAX) {}
+        while !self.try_lock_for(std::time::Duration::from_secs(1)) {}
     }
 
     fn unlock(&self) {
@@ -241,6 +251,8 @@ pub struct Queue {
     head: UnsafeCell<u64>,
     next: UnsafeCell<u64>,
     tail: UnsafeCell<u64>,
+    /// Events pushed and not yet completed (what `stats.queued` shows), without the lock.
+    undelivered: AtomicU64,
     pub worker: WorkerSlot,
     pub stats: Stats,
 }
@@ -269,6 +281,7 @@ impl Queue {
                 head: UnsafeCell::new(0),
                 next: UnsafeCell::new(0),
                 tail: UnsafeCell::new(0),
+                undelivered: AtomicU64::new(0),
                 worker: WorkerSlot {
                     latch: AtomicPtr::new(std::ptr::null_mut()),
                     pid: AtomicI32::new(0),
@@ -315,9 +328,10 @@ impl Queue {
         r
     }
 
-    /// Queues a copy of `ev` without waiting; counts `enqueued` or `dropped`.
-    pub fn push(&self, ev: &LoginEvent) -> Result<(), PushError> {
-        if !self.lock.try_lock(PRODUCER_SPINS) {
+    /// Queues a copy of `ev` without waiting; counts `enqueued` or `dropped`. `Ok(true)`
+    /// when no other event was waiting: only then does the worker need waking.
+    pub fn push(&self, ev: &LoginEvent) -> Result<bool, PushError> {
+        if !self.lock.try_lock_for(PRODUCER_PATIENCE) {
             Stats::count(&self.stats.dropped);
             return Err(PushError::Busy);
         }
@@ -332,12 +346,13 @@ impl Queue {
                 *(*self.slot(tail)).event.get() = *ev;
                 self.state(tail).store(READY, Ordering::Release);
                 *self.tail.get() = tail + 1;
-                Ok(())
+                self.undelivered.fetch_add(1, Ordering::Relaxed);
+                Ok(*self.next.get() == tail)
             }
         };
         self.lock.unlock();
         match result {
-            Ok(()) => Stats::count(&self.stats.enqueued),
+            Ok(_) => Stats::count(&self.stats.enqueued),
             Err(_) => Stats::count(&self.stats.dropped),
         }
         result
@@ -362,7 +377,9 @@ impl Queue {
 
     /// Marks a delivery as over (sent, failed or spooled). Lock-free: safe from any thread.
     pub fn complete(&self, ticket: Ticket) {
-        self.state(ticket.0).store(DONE, Ordering::Release);
+        if self.state(ticket.0).swap(DONE, Ordering::AcqRel) != DONE {
+            self.undelivered.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Frees the slots of completed deliveries at the front of the queue.
@@ -412,11 +429,7 @@ impl Queue {
     /// Events in the queue: waiting or being delivered (completed slots not yet reclaimed
     /// do not count).
     pub fn len(&self) -> u64 {
-        self.locked(|head, _, tail| {
-            (*head..*tail)
-                .filter(|&p| self.state(p).load(Ordering::Acquire) != DONE)
-                .count() as u64
-        })
+        self.undelivered.load(Ordering::Relaxed)
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {

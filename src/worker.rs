@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Idle wake-up interval (also bounds how late a failure summary is logged).
 const IDLE_WAIT: Duration = Duration::from_secs(1);
@@ -216,6 +216,8 @@ struct Sender {
     lambda: Result<Arc<Lambda>, String>,
     last_connect: Instant,
     slots: Arc<Semaphore>,
+    /// A delivery slot obtained while waiting for one (backlog), used by the next dispatch.
+    spare_slot: Option<OwnedSemaphorePermit>,
     max_concurrency: usize,
     limiter: RateLimiter,
     server: ServerInfo,
@@ -243,6 +245,7 @@ impl Sender {
                 .store(pg_sys::MyLatch.cast(), Ordering::Release);
         }
         let requeued = queue.requeue_in_flight();
+        batch_scheduling();
         let path = spool_path();
         let (spool, loaded) = Spool::open(&path, guc::spool_max_events())
             .unwrap_or_else(|e| panic!("cannot open the spool {}: {e}", path.display()));
@@ -283,6 +286,7 @@ impl Sender {
             lambda: Err("not configured yet".into()),
             last_connect: Instant::now(),
             slots: Arc::new(Semaphore::new(max_concurrency)),
+            spare_slot: None,
             max_concurrency,
             limiter: RateLimiter::new(guc::rate_limit(), Instant::now()),
             server: server::info(),
@@ -351,6 +355,7 @@ impl Sender {
         if max_concurrency != self.max_concurrency {
             // Deliveries in flight keep their slots on the old semaphore.
             self.slots = Arc::new(Semaphore::new(max_concurrency));
+            self.spare_slot = None;
             self.max_concurrency = max_concurrency;
         }
         self.limiter.set_rate(guc::rate_limit());
@@ -389,7 +394,11 @@ impl Sender {
         self.server.in_recovery = unsafe { pg_sys::RecoveryInProgress() };
         self.queue.reclaim();
         loop {
-            let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+            let Some(slot) = self
+                .spare_slot
+                .take()
+                .or_else(|| Arc::clone(&self.slots).try_acquire_owned().ok())
+            else {
                 self.backlog = true;
                 return;
             };
@@ -507,6 +516,20 @@ impl Sender {
         log!(
             "login_notification worker stopped ({spooled} undelivered event(s) written to the spool, {} waiting there)",
             self.shared.lock_spool().len()
+        );
+    }
+}
+
+/// SCHED_BATCH for this process and the runtime threads it starts (they inherit it): the
+/// kernel then lets a backend that just queued an event finish its login before running
+/// us, instead of preempting it on SetLatch. Delivery is throughput work, not latency work.
+fn batch_scheduling() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: changes this thread's scheduling policy only; param is a valid struct.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+        log!(
+            "login_notification: cannot use SCHED_BATCH: {}",
+            std::io::Error::last_os_error()
         );
     }
 }

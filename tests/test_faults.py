@@ -305,7 +305,7 @@ def test_f12_backend_crash_and_the_extension_comes_back(crash_cluster):
     victim_pid = victim.execute("SELECT pg_backend_pid()").fetchone()[0]
     mark = ln.cluster.log_size()
     os.kill(victim_pid, signal.SIGKILL)
-    wait_until(lambda: f"server process (PID {victim_pid})" in ln.cluster.log_text(mark), 30,
+    wait_until(lambda: f"(PID {victim_pid}) was terminated by signal 9" in ln.cluster.log_text(mark), 30,
                what="the crash to be noticed")
     assert_crash_restart(ln.cluster, mark)
     wait_for_worker(ln.cluster)
