@@ -393,7 +393,10 @@ mod tests {
         let mut payload = login_payload();
         payload["server"]["inRecovery"] = json!("no");
         let message = error(payload);
-        assert!(message.contains("invalid type: string \"no\", expected a boolean"), "{message}");
+        assert!(
+            message.contains("invalid type: string \"no\", expected a boolean"),
+            "{message}"
+        );
         let mut summary = suppressed_payload();
         summary["byUser"]["alice"] = json!(-3);
         assert!(error(summary).starts_with("suppressed event: byUser.alice: invalid value"));
