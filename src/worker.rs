@@ -152,7 +152,7 @@ impl Shared {
             if payloads.is_empty() {
                 break;
             }
-            let results = futures_join_all(&lambda, &payloads).await;
+            let results = attempt_all(&lambda, &payloads).await;
             let mut endpoint_down = false;
             let keep: Vec<bool> = results
                 .into_iter()
@@ -188,7 +188,7 @@ impl Shared {
 }
 
 /// One attempt per payload (no retries: the spool pass itself is the retry), concurrently.
-async fn futures_join_all(
+async fn attempt_all(
     lambda: &Arc<Lambda>,
     payloads: &[Vec<u8>],
 ) -> Vec<Result<(), DeliveryError>> {
