@@ -188,10 +188,7 @@ impl Shared {
 }
 
 /// One attempt per payload (no retries: the spool pass itself is the retry), concurrently.
-async fn attempt_all(
-    lambda: &Arc<Lambda>,
-    payloads: &[Vec<u8>],
-) -> Vec<Result<(), DeliveryError>> {
+async fn attempt_all(lambda: &Arc<Lambda>, payloads: &[Vec<u8>]) -> Vec<Result<(), DeliveryError>> {
     let mut set = tokio::task::JoinSet::new();
     for (i, payload) in payloads.iter().enumerate() {
         let (lambda, payload) = (Arc::clone(lambda), payload.clone());
