@@ -439,7 +439,7 @@ impl Sender {
     /// Retries the spool every SPOOL_RETRY_INTERVAL while it holds events.
     fn start_spool_pass(&mut self) {
         let Ok(lambda) = &self.lambda else { return };
-        if self.shared.lock_spool().len() == 0
+        if self.shared.lock_spool().is_empty()
             || self.last_spool_pass.elapsed() < SPOOL_RETRY_INTERVAL
             || self.shared.spool_pass_running.swap(true, Ordering::AcqRel)
         {

@@ -68,6 +68,10 @@ impl Spool {
         self.entries.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     pub fn set_max(&mut self, max: usize) {
         self.max = max;
     }
