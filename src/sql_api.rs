@@ -92,7 +92,7 @@ fn stats() -> TableIterator<
 fn send_test(user_name: default!(String, "current_user")) -> JsonB {
     require_superuser("function send_test");
     let queue = queue();
-    if guc::function_name().is_empty() {
+    if !guc::function_configured() {
         raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "login_notification.function_name is not set: there is nowhere to send the test",
