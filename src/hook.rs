@@ -224,8 +224,8 @@ fn login_event(
     }
 }
 
-/// Pushes without waiting (a full or busy queue counts a drop) and wakes the worker, if it
-/// had nothing waiting: a burst costs one wake-up, not one per login.
+/// Pushes without waiting (a full queue counts a drop) and wakes the worker if it had
+/// taken everything before this event: a burst costs one wake-up, not one per login.
 pub fn push_and_wake(queue: &Queue, ev: &LoginEvent) -> bool {
     let pushed = queue.push(ev);
     if pushed == Ok(true) {

@@ -1,11 +1,15 @@
 //! The bounded queue of login events and the counters, laid out in one block of shared
 //! memory: a header, then `capacity` event slots.
 //!
-//! Backends push (many producers), the worker pops (one consumer). A tiny spinlock built on
-//! a Rust atomic guards the ring indexes; it is held only for one event copy. A producer
-//! never waits for it: after a bounded number of spins it gives up and counts a drop. The
-//! code here calls nothing in PostgreSQL, so it is unit-tested on ordinary heap memory, and
-//! the worker's async threads may update the counters.
+//! Backends push (many producers), the worker takes (one consumer). Producers are
+//! lock-free: a producer claims a position with one compare-and-swap on `tail`, copies its
+//! event into that slot and publishes it (slot state READY). It never waits for another
+//! process — a producer descheduled mid-push delays only the consumer, never another login —
+//! and an event is dropped (and counted) only when the queue is really full. The worker's
+//! side (take, reclaim, requeue) is serialised among the worker's own threads by a small
+//! spinlock that producers never touch. The code here calls nothing in PostgreSQL, so it is
+//! unit-tested on ordinary heap memory, and the worker's async threads may update the
+//! counters.
 
 use crate::event::LoginEvent;
 use std::cell::UnsafeCell;
@@ -15,11 +19,6 @@ use std::sync::atomic::{
 
 /// Longest `last_error` kept, in bytes.
 pub const LAST_ERROR_LEN: usize = 256;
-
-/// How long a producer (the login path) tries for the lock before it drops the event
-/// instead of waiting. Critical sections are one event copy, but on a busy machine the
-/// holder can be descheduled for a moment: a few spins alone drop events needlessly.
-const PRODUCER_PATIENCE: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// A test-and-set lock that lives in shared memory.
 #[repr(C)]
@@ -53,8 +52,9 @@ impl SpinLock {
         false
     }
 
-    /// For the consumer and readers of `last_error`: critical sections are a few hundred
-    /// bytes of copying, so this never waits long.
+    /// For the worker's side of the queue and readers of `last_error` (never the login
+    /// path): critical sections are a few hundred bytes of copying, so this never waits
+    /// long.
     fn lock(&self) {
         while !self.try_lock_for(std::time::Duration::from_secs(1)) {}
     }
@@ -209,11 +209,11 @@ pub struct WorkerSlot {
 #[derive(Debug, PartialEq, Eq)]
 pub enum PushError {
     Full,
-    Busy,
 }
 
 /// Slot states. An event leaves the queue only once its delivery is over (sent, failed,
-/// or written to the spool), so a worker that dies mid-delivery loses nothing.
+/// or written to the spool), so a worker that dies mid-delivery loses nothing. A slot in
+/// `next..tail` that is still FREE has been claimed by a producer that is copying its event.
 const FREE: u8 = 0;
 const READY: u8 = 1;
 const IN_FLIGHT: u8 = 2;
@@ -243,21 +243,23 @@ impl Ticket {
 ///
 /// Positions count up forever (slot = position % capacity):
 /// `head` ≤ `next` ≤ `tail`. Slots in `head..next` were handed to the worker (in flight or
-/// done), `next..tail` wait. All three are guarded by `lock`.
+/// done), `next..tail` wait (or are being written). Producers move `tail` (compare-and-swap);
+/// `head` and `next` move only under `lock`, which only the worker's threads take.
 #[repr(C)]
 pub struct Queue {
     lock: SpinLock,
     capacity: u64,
-    head: UnsafeCell<u64>,
-    next: UnsafeCell<u64>,
-    tail: UnsafeCell<u64>,
+    head: AtomicU64,
+    next: AtomicU64,
+    tail: AtomicU64,
     /// Events pushed and not yet completed (what `stats.queued` shows), without the lock.
     undelivered: AtomicU64,
     pub worker: WorkerSlot,
     pub stats: Stats,
 }
 
-// SAFETY: every mutable field is an atomic or an UnsafeCell guarded by a SpinLock.
+// SAFETY: every mutable field is an atomic, or a slot's event, which is written only by the
+// producer that claimed the slot and read only after it was published (state READY).
 unsafe impl Sync for Queue {}
 
 impl Queue {
@@ -278,9 +280,9 @@ impl Queue {
             queue.write(Queue {
                 lock: SpinLock(AtomicBool::new(false)),
                 capacity: capacity.max(1) as u64,
-                head: UnsafeCell::new(0),
-                next: UnsafeCell::new(0),
-                tail: UnsafeCell::new(0),
+                head: AtomicU64::new(0),
+                next: AtomicU64::new(0),
+                tail: AtomicU64::new(0),
                 undelivered: AtomicU64::new(0),
                 worker: WorkerSlot {
                     latch: AtomicPtr::new(std::ptr::null_mut()),
@@ -313,65 +315,86 @@ impl Queue {
         self.capacity as usize
     }
 
-    /// Runs `f` on (head, next, tail) under the lock.
-    fn locked<R>(&self, f: impl FnOnce(&mut u64, &mut u64, &mut u64) -> R) -> R {
+    /// Runs `f` under the worker's lock (`head` and `next` change only there).
+    fn locked<R>(&self, f: impl FnOnce() -> R) -> R {
         self.lock.lock();
-        // SAFETY: the positions are only touched while `lock` is held.
-        let r = unsafe {
-            f(
-                &mut *self.head.get(),
-                &mut *self.next.get(),
-                &mut *self.tail.get(),
-            )
-        };
+        let r = f();
         self.lock.unlock();
         r
     }
 
-    /// Queues a copy of `ev` without waiting; counts `enqueued` or `dropped`. `Ok(true)`
-    /// when no other event was waiting: only then does the worker need waking.
+    /// Queues a copy of `ev` without waiting (lock-free); counts `enqueued` or `dropped`.
+    /// `Ok(true)` when the worker has taken every event before this one: only then does it
+    /// need waking (it may be asleep); otherwise it is awake, or another producer wakes it.
     pub fn push(&self, ev: &LoginEvent) -> Result<bool, PushError> {
-        if !self.lock.try_lock_for(PRODUCER_PATIENCE) {
+        let Some(position) = self.claim() else {
             Stats::count(&self.stats.dropped);
-            return Err(PushError::Busy);
-        }
-        // SAFETY: positions and the free slot at `tail` are accessed only under `lock`; the
-        // slot index is within capacity (modulo), so the write stays inside the block.
-        let result = unsafe {
-            let head = *self.head.get();
-            let tail = *self.tail.get();
-            if tail - head >= self.capacity {
-                Err(PushError::Full)
-            } else {
-                *(*self.slot(tail)).event.get() = *ev;
-                self.state(tail).store(READY, Ordering::Release);
-                *self.tail.get() = tail + 1;
-                self.undelivered.fetch_add(1, Ordering::Relaxed);
-                Ok(*self.next.get() == tail)
-            }
+            return Err(PushError::Full);
         };
-        self.lock.unlock();
-        match result {
-            Ok(_) => Stats::count(&self.stats.enqueued),
-            Err(_) => Stats::count(&self.stats.dropped),
-        }
-        result
+        Ok(self.publish(position, ev))
     }
 
-    /// Hands the oldest waiting event to the worker.
+    /// Reserves the slot at `tail` for the caller, unless the queue is full.
+    fn claim(&self) -> Option<u64> {
+        let mut tail = self.tail.load(Ordering::Relaxed);
+        loop {
+            // `head` moves on only after the slot it leaves is FREE (Release in reclaim).
+            // A stale `tail` may be behind `head`: then the CAS below fails and retries.
+            if tail.saturating_sub(self.head.load(Ordering::Acquire)) >= self.capacity {
+                return None;
+            }
+            match self.tail.compare_exchange_weak(
+                tail,
+                tail + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(tail),
+                Err(current) => tail = current,
+            }
+        }
+    }
+
+    /// Copies `ev` into the claimed slot and hands it to the worker; true when the worker
+    /// was waiting at exactly this position (see `take`) and must be woken.
+    fn publish(&self, position: u64, ev: &LoginEvent) -> bool {
+        // SAFETY: the slot at `position` was claimed by this caller alone (compare-and-swap
+        // on tail) and is FREE: nobody else reads or writes its event until it is READY.
+        unsafe { *(*self.slot(position)).event.get() = *ev };
+        self.undelivered.fetch_add(1, Ordering::Relaxed);
+        Stats::count(&self.stats.enqueued);
+        // SeqCst pairs with `take`: either the worker sees READY, or we see that it stopped
+        // here (next == position) and wake it.
+        self.state(position).store(READY, Ordering::SeqCst);
+        self.next.load(Ordering::SeqCst) == position
+    }
+
+    /// Hands the oldest waiting event to the worker. Stops at a slot that a producer has
+    /// claimed but not yet published (the producer wakes the worker when it does).
     pub fn take(&self) -> Option<(Ticket, LoginEvent)> {
-        self.locked(|_, next, tail| {
-            while *next < *tail {
-                let position = *next;
-                *next += 1;
-                if self.state(position).load(Ordering::Acquire) == READY {
-                    self.state(position).store(IN_FLIGHT, Ordering::Release);
-                    // SAFETY: a READY slot is written only by push, which holds the lock.
-                    let ev = unsafe { *(*self.slot(position)).event.get() };
-                    return Some((Ticket(position), ev));
+        self.locked(|| {
+            let tail = self.tail.load(Ordering::Acquire);
+            let mut next = self.next.load(Ordering::Relaxed);
+            let mut taken = None;
+            while next < tail {
+                match self.state(next).load(Ordering::SeqCst) {
+                    READY => {
+                        self.state(next).store(IN_FLIGHT, Ordering::Release);
+                        // SAFETY: a READY slot's event was fully written before it was
+                        // published, and no producer touches it again until it is FREE.
+                        let ev = unsafe { *(*self.slot(next)).event.get() };
+                        taken = Some((Ticket(next), ev));
+                        next += 1;
+                        break;
+                    }
+                    // Claimed, still being copied: wait for its producer.
+                    FREE => break,
+                    // In flight or done (only after requeue_in_flight): skip.
+                    _ => next += 1,
                 }
             }
-            None
+            self.next.store(next, Ordering::SeqCst);
+            taken
         })
     }
 
@@ -384,10 +407,14 @@ impl Queue {
 
     /// Frees the slots of completed deliveries at the front of the queue.
     pub fn reclaim(&self) {
-        self.locked(|head, next, _| {
-            while *head < *next && self.state(*head).load(Ordering::Acquire) == DONE {
-                self.state(*head).store(FREE, Ordering::Release);
-                *head += 1;
+        self.locked(|| {
+            let next = self.next.load(Ordering::Relaxed);
+            let mut head = self.head.load(Ordering::Relaxed);
+            while head < next && self.state(head).load(Ordering::Acquire) == DONE {
+                self.state(head).store(FREE, Ordering::Release);
+                head += 1;
+                // Release: a producer that sees the new head sees the slot FREE.
+                self.head.store(head, Ordering::Release);
             }
         })
     }
@@ -395,15 +422,16 @@ impl Queue {
     /// For a (re)starting worker: events handed to a previous worker and never completed
     /// wait again.
     pub fn requeue_in_flight(&self) -> u64 {
-        self.locked(|head, next, _| {
+        self.locked(|| {
+            let head = self.head.load(Ordering::Relaxed);
             let mut requeued = 0;
-            for position in *head..*next {
+            for position in head..self.next.load(Ordering::Relaxed) {
                 if self.state(position).load(Ordering::Acquire) == IN_FLIGHT {
                     self.state(position).store(READY, Ordering::Release);
                     requeued += 1;
                 }
             }
-            *next = *head;
+            self.next.store(head, Ordering::SeqCst);
             requeued
         })
     }
@@ -411,13 +439,16 @@ impl Queue {
     /// Events not yet delivered (waiting or in flight), read without the lock by the
     /// postmaster after a crash, when no other process is left. Positions are clamped and
     /// every bit pattern is a valid LoginEvent, so a damaged queue yields garbage events at
-    /// worst, never undefined behaviour.
+    /// worst, never undefined behaviour. A slot claimed by a producer that died before
+    /// publishing it is FREE and skipped: that login's backend died in our hook.
     ///
     /// # Safety
     /// No other process may be using the queue.
     pub unsafe fn undelivered_after_crash(&self) -> Vec<LoginEvent> {
-        // SAFETY: the caller guarantees exclusive access.
-        let (head, tail) = unsafe { (*self.head.get(), *self.tail.get()) };
+        let (head, tail) = (
+            self.head.load(Ordering::Relaxed),
+            self.tail.load(Ordering::Relaxed),
+        );
         let start = head.max(tail.saturating_sub(self.capacity));
         (start..tail)
             .filter(|&p| matches!(self.state(p).load(Ordering::Relaxed), READY | IN_FLIGHT))
@@ -583,13 +614,71 @@ mod tests {
     }
 
     #[test]
-    fn producer_gives_up_instead_of_waiting_for_the_lock() {
+    fn producers_never_wait_for_the_workers_lock() {
         let q = queue(4);
         q.lock.lock();
-        assert_eq!(q.push(&ev(1)), Err(PushError::Busy));
+        assert_eq!(q.push(&ev(1)), Ok(true));
+        assert_eq!(q.push(&ev(2)), Ok(false));
         q.lock.unlock();
-        assert_eq!(q.snapshot().dropped, 1);
-        q.push(&ev(2)).unwrap();
+        assert_eq!(q.snapshot().dropped, 0);
+        assert_eq!(deliver(q), Some(1));
+    }
+
+    #[test]
+    fn the_worker_is_woken_only_when_it_waits_at_the_pushed_event() {
+        let q = queue(8);
+        assert_eq!(q.push(&ev(1)), Ok(true));
+        // The first is still waiting: the worker is awake or already woken.
+        assert_eq!(q.push(&ev(2)), Ok(false));
+        assert_eq!(deliver(q), Some(1));
+        assert_eq!(deliver(q), Some(2));
+        assert_eq!(deliver(q), None);
+        // The worker took everything and may sleep: wake it.
+        assert_eq!(q.push(&ev(3)), Ok(true));
+    }
+
+    #[test]
+    fn take_waits_for_a_claimed_slot_still_being_written() {
+        let q = queue(8);
+        // A producer claims position 0 and is descheduled before it publishes.
+        let slow = q.claim().unwrap();
+        // Another login behind it is published first and needs no wake-up...
+        assert_eq!(q.push(&ev(2)), Ok(false));
+        // ...because the worker must not pass the unpublished slot (order, no loss).
+        assert_eq!(q.take().map(|(_, e)| e.backend_pid), None);
+        assert_eq!(q.len(), 1);
+        // The slow producer publishes: the worker stopped right there, so it is woken.
+        assert!(q.publish(slow, &ev(1)));
+        assert_eq!(deliver(q), Some(1));
+        assert_eq!(deliver(q), Some(2));
+    }
+
+    #[test]
+    fn concurrent_producers_drop_nothing_while_there_is_room() {
+        let q = queue(4096);
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    for i in 0..500 {
+                        q.push(&ev(t * 1000 + i)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let mut seen = Vec::new();
+        while let Some(pid) = deliver(q) {
+            seen.push(pid);
+        }
+        seen.sort_unstable();
+        let mut want: Vec<i32> = (0..8)
+            .flat_map(|t| (0..500).map(move |i| t * 1000 + i))
+            .collect();
+        want.sort_unstable();
+        assert_eq!(seen, want);
+        assert_eq!(q.snapshot().dropped, 0);
     }
 
     #[test]

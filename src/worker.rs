@@ -31,7 +31,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Idle wake-up interval (also bounds how late a failure summary is logged).
 const IDLE_WAIT: Duration = Duration::from_secs(1);
-/// Wake-up interval while events wait for a free delivery slot.
+/// Longest wait for a free delivery slot before signals and settings are looked at again.
 const BACKLOG_WAIT: Duration = Duration::from_millis(10);
 /// Failed deliveries are summarised in one WARNING at most this often.
 const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -318,11 +318,15 @@ impl Sender {
 
     /// One turn of the loop. Returns false once SIGTERM (or postmaster death) arrived.
     fn run_once(&mut self) -> bool {
-        let alive = BackgroundWorker::wait_latch(Some(if self.backlog {
-            BACKLOG_WAIT
+        let alive = if self.backlog {
+            // Every delivery slot is busy: sleep until one frees (not a fixed poll, which
+            // would cap delivery at max_concurrency per BACKLOG_WAIT), then look at
+            // signals and postmaster death without sleeping again.
+            self.wait_for_slot();
+            BackgroundWorker::wait_latch(Some(Duration::ZERO))
         } else {
-            IDLE_WAIT
-        }));
+            BackgroundWorker::wait_latch(Some(IDLE_WAIT))
+        };
         if BackgroundWorker::sighup_received() {
             self.reload();
         }
@@ -334,6 +338,22 @@ impl Sender {
         self.start_spool_pass();
         self.log_failures();
         alive
+    }
+
+    /// Blocks until a delivery slot is free (kept for the next dispatch) or BACKLOG_WAIT
+    /// passed. SIGTERM and SIGHUP still reach the main thread: their handlers only set
+    /// flags and the latch, which the caller looks at right after.
+    fn wait_for_slot(&mut self) {
+        if self.spare_slot.is_some() {
+            return;
+        }
+        let slots = Arc::clone(&self.slots);
+        self.spare_slot = self.runtime.block_on(async move {
+            tokio::time::timeout(BACKLOG_WAIT, slots.acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok)
+        });
     }
 
     fn reload(&mut self) {
