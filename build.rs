@@ -21,6 +21,11 @@ fn main() {
     let include = pg_config
         .includedir_server()
         .expect("pg_config --includedir-server failed");
+    // The login path's functions (Rust and C) are all in `.text.hot.login_notification`;
+    // without this, LLD would merge that section into .text in input order, scattering them
+    // again. Kept together, a new backend faults in one or two pages of code per login
+    // instead of one per function (see src/hook.rs and BENCHMARKS.md).
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-z,keep-text-section-prefix");
     cc::Build::new()
         .file("src/port_info.c")
         .include(&include)

@@ -34,6 +34,7 @@ impl<const N: usize> FixedStr<N> {
 
     /// Copies `src`, truncated to `N` bytes. The cut never splits a UTF-8 sequence, so a
     /// valid UTF-8 input stays valid.
+    #[link_section = ".text.hot.login_notification"]
     pub fn new(src: &[u8]) -> Self {
         let mut end = src.len().min(N);
         if end < src.len() {
@@ -159,6 +160,7 @@ impl LoginEvent {
 
     /// Copies `facts` (truncating at the documented limits), stamped with the current time
     /// and a fresh event id.
+    #[link_section = ".text.hot.login_notification"]
     pub fn new(facts: &LoginFacts) -> LoginEvent {
         let time_us = now_us();
         let mut flags = 0;
@@ -237,6 +239,7 @@ impl LoginEvent {
 }
 
 /// A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then random bits.
+#[link_section = ".text.hot.login_notification"]
 pub fn new_event_id(time_us: i64) -> [u8; 16] {
     let mut id = random_bytes();
     let ms = (time_us / 1000).max(0) as u64;
@@ -246,6 +249,7 @@ pub fn new_event_id(time_us: i64) -> [u8; 16] {
     id
 }
 
+#[link_section = ".text.hot.login_notification"]
 fn random_bytes() -> [u8; 16] {
     let mut bytes = [0u8; 16];
     // SAFETY: getrandom writes at most bytes.len() bytes into our buffer.
@@ -285,11 +289,21 @@ pub struct ServerInfo {
 }
 
 /// Microseconds since the Unix epoch, now. Never panics (a clock before 1970 gives 0).
+/// Microseconds since the Unix epoch (0 if the clock is before it). Read through libc, not
+/// std's `SystemTime`: it runs on the login path (see hook.rs on page faults).
+#[link_section = ".text.hot.login_notification"]
 pub fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write; CLOCK_REALTIME always exists.
+    if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) } != 0 || ts.tv_sec < 0 {
+        return 0;
+    }
+    ts.tv_sec
+        .saturating_mul(1_000_000)
+        .saturating_add(ts.tv_nsec / 1_000)
 }
 
 fn utc(time_us: i64) -> DateTime<Utc> {

@@ -5,6 +5,13 @@
 //! Fail-open: a Rust panic or PostgreSQL ERROR in our part is caught, counted in
 //! `hook_errors`, logged as one rate-limited WARNING, and the login goes on with the status
 //! it had — an escaped ERROR would become FATAL and refuse the login.
+//!
+//! Every login runs this code in a freshly forked backend, where each page of code it
+//! touches for the first time costs a page fault (1–3 µs here, more than the work itself).
+//! So the functions of the login path — here, in `queue`, `event`, `guc`, `validate` and
+//! the C shim — are placed together in one section, `.text.hot.login_notification` (build.rs
+//! keeps it whole), and the path avoids code that lives elsewhere: std's clock, pgrx's guard
+//! around each pg_sys call.
 
 use crate::event::{
     self, AuthStatus, EventKind, FixedStr, LoginEvent, LoginFacts, METHOD_LEN, NAME_LEN,
@@ -13,7 +20,7 @@ use crate::queue::{Queue, Stats};
 use crate::{compat, guc, shmem};
 use pgrx::pg_sys::libpq::be::Port;
 use pgrx::pg_sys::panic::CaughtError;
-use pgrx::{pg_guard, pg_sys, PgTryBuilder};
+use pgrx::{pg_sys, PgTryBuilder};
 use std::cell::Cell;
 use std::ffi::{c_char, CStr};
 use std::sync::atomic::Ordering;
@@ -32,10 +39,12 @@ pub fn init() {
     }
 }
 
-#[pg_guard]
+/// No `#[pg_guard]`: everything of ours that could panic or raise an ERROR runs inside
+/// `fail_open`, which catches both; what is outside it cannot fail (a clock read, atomics).
+#[link_section = ".text.hot.login_notification"]
 unsafe extern "C-unwind" fn client_authentication(port: *mut Port, status: i32) {
-    // SAFETY: the previous hook gets exactly what PostgreSQL gave us; its errors are its own
-    // and propagate as PostgreSQL errors through pg_guard.
+    // SAFETY: the previous hook gets exactly what PostgreSQL gave us; an ERROR it raises is
+    // its own and jumps over this frame, which holds nothing to drop at this point.
     unsafe {
         if let Some(prev) = PREV_CLIENT_AUTH_HOOK {
             prev(port, status);
@@ -45,22 +54,52 @@ unsafe extern "C-unwind" fn client_authentication(port: *mut Port, status: i32) 
     if status == pg_sys::STATUS_EOF as i32 || port.is_null() {
         return;
     }
-    let started = std::time::Instant::now();
+    let started = monotonic_ns();
     fail_open(|| report(port, status));
     if let Some(queue) = shmem::queue() {
-        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        queue.stats.hook_ns.fetch_add(ns, Ordering::Relaxed);
-        Stats::count(&queue.stats.hook_calls);
+        queue
+            .stats
+            .record_hook(monotonic_ns().saturating_sub(started));
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, for `hook_timing()`: read through libc (the vDSO, a
+/// page every backend has touched) rather than std's `Instant`, whose code would be one
+/// more page of this library to fault in on every login.
+#[inline(always)]
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }
 
 /// Runs our part of the login path so that nothing escapes: a Rust panic or PostgreSQL
 /// ERROR is caught (and PostgreSQL's error state flushed), counted, and logged. Returns
-/// whether it caught one.
+/// whether it caught one. (pgrx turns an ERROR raised inside a pg_sys call into a Rust
+/// panic, so `catch_unwind` sees both.)
+#[link_section = ".text.hot.login_notification"]
 pub fn fail_open(part: impl FnOnce() + std::panic::UnwindSafe) -> bool {
-    PgTryBuilder::new(|| {
-        part();
-        false
+    match std::panic::catch_unwind(part) {
+        Ok(()) => false,
+        Err(payload) => caught(payload),
+    }
+}
+
+/// The rare path, kept off the login path's pages: pgrx classifies what was caught and
+/// cleans up PostgreSQL's error state (FlushErrorState), as in a PG_CATCH block.
+#[cold]
+#[inline(never)]
+fn caught(payload: Box<dyn std::any::Any + Send>) -> bool {
+    let payload = std::panic::AssertUnwindSafe(payload);
+    PgTryBuilder::new(move || {
+        let payload = payload;
+        std::panic::resume_unwind(payload.0)
     })
     .catch_others(|err| {
         note_hook_error(err);
@@ -70,6 +109,8 @@ pub fn fail_open(part: impl FnOnce() + std::panic::UnwindSafe) -> bool {
 }
 
 /// Our part of the hook: filter, copy, push, wake.
+#[inline(never)]
+#[link_section = ".text.hot.login_notification"]
 fn report(port: *mut Port, status: i32) {
     let Some(queue) = shmem::queue() else { return };
     // SAFETY: PostgreSQL passes the live Port of this connection; we only read it.
@@ -130,27 +171,46 @@ unsafe extern "C-unwind" {
     fn login_notification_ssl_version(port: *const Port) -> *const c_char;
     fn login_notification_ssl_cipher(port: *const Port) -> *const c_char;
     fn login_notification_raw_application_name(port: *const Port) -> *const c_char;
+    fn login_notification_set_latch(latch: *mut pg_sys::Latch);
 }
 
 /// application_name as the session will show it in pg_stat_activity: the raw value
 /// clipped like an identifier (NAMEDATALEN - 1 bytes, whole UTF-8 characters), then
 /// cleaned to printable ASCII as the server version does it: `?` up to PostgreSQL 15,
 /// `\xNN` escapes (clipped again) from 16 on (see `compat`).
-fn session_application_name(raw: &[u8], hex_escapes: bool) -> Vec<u8> {
-    let clipped = FixedStr::<NAME_LEN>::new(raw);
-    let mut out = Vec::with_capacity(NAME_LEN);
-    for &b in clipped.as_bytes() {
+#[link_section = ".text.hot.login_notification"]
+fn session_application_name(raw: &[u8], hex_escapes: bool) -> FixedStr<NAME_LEN> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // No allocation: the allocator's code is more pages to fault in on the login path.
+    let mut out = [0u8; NAME_LEN];
+    let mut len = 0;
+    let mut put = |b: u8| {
+        if len < NAME_LEN {
+            out[len] = b;
+            len += 1;
+        }
+    };
+    for &b in FixedStr::<NAME_LEN>::new(raw).as_bytes() {
         match b {
-            32..=126 => out.push(b),
-            _ if hex_escapes => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
-            _ => out.push(b'?'),
+            32..=126 => put(b),
+            _ if hex_escapes => {
+                for e in [
+                    b'\\',
+                    b'x',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 0xF)],
+                ] {
+                    put(e);
+                }
+            }
+            _ => put(b'?'),
         }
     }
-    out.truncate(NAME_LEN);
-    out
+    FixedStr::new(&out[..len])
 }
 
 /// Only valid during authentication (see `SESSION_AUTH_METHOD`).
+#[link_section = ".text.hot.login_notification"]
 fn auth_method(port: &Port) -> FixedStr<METHOD_LEN> {
     // SAFETY: during authentication `hba` is the matched pg_hba line; the shim returns NULL
     // or a static string.
@@ -182,6 +242,7 @@ pub fn session_event(kind: EventKind, status: AuthStatus, user: &[u8]) -> LoginE
 }
 
 /// Copies the facts of `port` into a fixed-size event.
+#[link_section = ".text.hot.login_notification"]
 fn login_event(
     port: &Port,
     kind: EventKind,
@@ -211,7 +272,7 @@ fn login_event(
             remote_port: std::str::from_utf8(c_bytes(login_notification_remote_port(port)))
                 .ok()
                 .and_then(|p| p.parse().ok()),
-            application_name: app_name.as_deref(),
+            application_name: app_name.as_ref().map(FixedStr::as_bytes),
             auth_method: auth_method.as_bytes(),
             ssl: login_notification_ssl_in_use(port).then(|| {
                 (
@@ -226,6 +287,7 @@ fn login_event(
 
 /// Pushes without waiting (a full queue counts a drop) and wakes the worker if it had
 /// taken everything before this event: a burst costs one wake-up, not one per login.
+#[link_section = ".text.hot.login_notification"]
 pub fn push_and_wake(queue: &Queue, ev: &LoginEvent) -> bool {
     let pushed = queue.push(ev);
     if pushed == Ok(true) {
@@ -234,7 +296,7 @@ pub fn push_and_wake(queue: &Queue, ev: &LoginEvent) -> bool {
             // SAFETY: the worker published its process latch, which lives in shared memory
             // (PGPROC); SetLatch on it is the standard cross-process wakeup and is a no-op
             // when its owner has gone.
-            unsafe { pg_sys::SetLatch(latch.cast()) };
+            unsafe { login_notification_set_latch(latch.cast()) };
         }
     }
     pushed.is_ok()
@@ -244,6 +306,7 @@ pub fn push_and_wake(queue: &Queue, ev: &LoginEvent) -> bool {
 ///
 /// # Safety
 /// `p` must be NULL or point to a NUL-terminated string that outlives the result.
+#[link_section = ".text.hot.login_notification"]
 unsafe fn c_bytes<'a>(p: *const c_char) -> &'a [u8] {
     if p.is_null() {
         b""
@@ -312,7 +375,11 @@ mod tests {
 
     #[test]
     fn application_name_is_clipped_then_cleaned_like_the_session_does() {
-        use super::session_application_name as app;
+        let app = |raw: &[u8], hex| {
+            super::session_application_name(raw, hex)
+                .as_bytes()
+                .to_vec()
+        };
         assert_eq!(app(b"psql", false), b"psql");
         assert_eq!(app("é".repeat(40).as_bytes(), false), b"?".repeat(62));
         assert_eq!(app("a\tb".as_bytes(), false), b"a?b");

@@ -3,15 +3,22 @@
  * the server's own headers, because its layout differs between major versions (17 dropped
  * fields before the names) and build options (ENABLE_GSS, USE_SSL shift the fields after
  * `hba`). Nothing here allocates or can raise an ERROR. Called from hook.rs.
+ *
+ * Everything here runs on the login path, in a freshly forked backend that has never
+ * touched these pages: LN_LOGIN_PATH puts it in the section that hook.rs's functions share,
+ * so the login path costs as few first-touch page faults as possible (BENCHMARKS.md).
  */
 #include "postgres.h"
 #include "libpq/hba.h"
 #include "libpq/libpq-be.h"
 #include "nodes/pg_list.h"
+#include "storage/latch.h"
+
+#define LN_LOGIN_PATH __attribute__((section(".text.hot.login_notification")))
 
 /* The pg_hba method that matched ("trust", "scram-sha-256", ...), or NULL. Valid only
  * during authentication: afterwards port->hba points into freed memory. */
-const char *
+LN_LOGIN_PATH const char *
 login_notification_auth_method(Port *port)
 {
 	if (port == NULL || port->hba == NULL)
@@ -19,14 +26,14 @@ login_notification_auth_method(Port *port)
 	return hba_authname(port->hba->auth_method);
 }
 
-bool
+LN_LOGIN_PATH bool
 login_notification_ssl_in_use(Port *port)
 {
 	return port != NULL && port->ssl_in_use;
 }
 
 /* TLS protocol version and cipher, or NULL without TLS. */
-const char *
+LN_LOGIN_PATH const char *
 login_notification_ssl_version(Port *port)
 {
 #ifdef USE_SSL
@@ -36,7 +43,7 @@ login_notification_ssl_version(Port *port)
 	return NULL;
 }
 
-const char *
+LN_LOGIN_PATH const char *
 login_notification_ssl_cipher(Port *port)
 {
 #ifdef USE_SSL
@@ -51,7 +58,7 @@ login_notification_ssl_cipher(Port *port)
  * Port.application_name cannot be used: PostgreSQL cleans it before clipping it, while
  * the session (pg_stat_activity) clips first; hook.rs reproduces the latter.
  */
-const char *
+LN_LOGIN_PATH const char *
 login_notification_raw_application_name(Port *port)
 {
 	ListCell   *lc;
@@ -74,26 +81,36 @@ login_notification_raw_application_name(Port *port)
 }
 
 /* The startup packet's names and the client's address, as PostgreSQL stored them. */
-const char *
+LN_LOGIN_PATH const char *
 login_notification_user_name(Port *port)
 {
 	return port ? port->user_name : NULL;
 }
 
-const char *
+LN_LOGIN_PATH const char *
 login_notification_database_name(Port *port)
 {
 	return port ? port->database_name : NULL;
 }
 
-const char *
+LN_LOGIN_PATH const char *
 login_notification_remote_host(Port *port)
 {
 	return port ? port->remote_host : NULL;
 }
 
-const char *
+LN_LOGIN_PATH const char *
 login_notification_remote_port(Port *port)
 {
 	return port ? port->remote_port : NULL;
+}
+
+/*
+ * Wakes the worker. SetLatch never raises an ERROR, so it is called here rather than
+ * through pgrx, whose guard around every pg_sys call adds code pages to the login path.
+ */
+LN_LOGIN_PATH void
+login_notification_set_latch(Latch *latch)
+{
+	SetLatch(latch);
 }

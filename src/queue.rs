@@ -20,6 +20,11 @@ use std::sync::atomic::{
 /// Longest `last_error` kept, in bytes.
 pub const LAST_ERROR_LEN: usize = 256;
 
+/// Buckets of the hook's time histogram: bucket 0 holds calls under 1,024 ns, then four
+/// buckets per doubling (each about 19% wide) up to the last, which holds everything from
+/// about 1 s on.
+pub const HOOK_BUCKETS: usize = 84;
+
 /// A test-and-set lock that lives in shared memory.
 #[repr(C)]
 struct SpinLock(AtomicBool);
@@ -82,6 +87,9 @@ pub struct Stats {
     /// Calls of our part of the hook and the nanoseconds spent in it (for benchmarks).
     pub hook_calls: AtomicU64,
     pub hook_ns: AtomicU64,
+    /// The same calls by duration (see `hook_bucket`), for quantiles: a mean is dominated by
+    /// the few logins that were descheduled in the middle of the hook.
+    hook_histogram: [AtomicU64; HOOK_BUCKETS],
     pub last_sent_at: AtomicI64,
     pub last_error_at: AtomicI64,
     /// When the hook last logged a WARNING (rate-limits the log under a flood).
@@ -127,6 +135,7 @@ impl Stats {
             hook_errors: AtomicU64::new(0),
             hook_calls: AtomicU64::new(0),
             hook_ns: AtomicU64::new(0),
+            hook_histogram: [const { AtomicU64::new(0) }; HOOK_BUCKETS],
             last_sent_at: AtomicI64::new(0),
             last_error_at: AtomicI64::new(0),
             last_hook_warning_at: AtomicI64::new(0),
@@ -138,6 +147,38 @@ impl Stats {
 
     pub fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Accounts one call of the login hook that took `ns` nanoseconds.
+    #[link_section = ".text.hot.login_notification"]
+    pub fn record_hook(&self, ns: u64) {
+        Self::count(&self.hook_calls);
+        self.hook_ns.fetch_add(ns, Ordering::Relaxed);
+        Self::count(&self.hook_histogram[hook_bucket(ns)]);
+    }
+
+    /// The hook's time below which a fraction `q` of its calls fall: the upper bound of
+    /// the histogram bucket that holds that call (so at most about 19% high). None before
+    /// the first call.
+    pub fn hook_quantile(&self, q: f64) -> Option<u64> {
+        let counts: Vec<u64> = self
+            .hook_histogram
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (bucket, n) in counts.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(hook_bucket_limit(bucket));
+            }
+        }
+        Some(u64::MAX)
     }
 
     pub fn record_sent(&self, at_us: i64) {
@@ -189,13 +230,40 @@ impl Stats {
             &self.hook_errors,
             &self.hook_calls,
             &self.hook_ns,
-        ] {
+        ]
+        .into_iter()
+        .chain(&self.hook_histogram)
+        {
             c.store(0, Ordering::Relaxed);
         }
         self.last_sent_at.store(0, Ordering::Relaxed);
         self.last_hook_warning_at.store(0, Ordering::Relaxed);
         self.set_last_error("", 0);
     }
+}
+
+/// The histogram bucket of a hook call that took `ns`: 0 below 1,024 ns, then four per
+/// doubling (by the two bits after the leading one), the last one open-ended.
+#[link_section = ".text.hot.login_notification"]
+fn hook_bucket(ns: u64) -> usize {
+    if ns < 1024 {
+        return 0;
+    }
+    let octave = 63 - ns.leading_zeros() as usize; // >= 10
+    let quarter = ((ns >> (octave - 2)) & 3) as usize;
+    (1 + (octave - 10) * 4 + quarter).min(HOOK_BUCKETS - 1)
+}
+
+/// The first duration (ns) above `bucket` (u64::MAX for the last).
+fn hook_bucket_limit(bucket: usize) -> u64 {
+    if bucket == 0 {
+        return 1024;
+    }
+    if bucket >= HOOK_BUCKETS - 1 {
+        return u64::MAX;
+    }
+    let (octave, quarter) = (10 + (bucket - 1) / 4, ((bucket - 1) % 4) as u64);
+    (4 + quarter + 1) << (octave - 2)
 }
 
 /// Where the worker can be woken: its process latch (a pointer into shared memory) and pid.
@@ -326,6 +394,7 @@ impl Queue {
     /// Queues a copy of `ev` without waiting (lock-free); counts `enqueued` or `dropped`.
     /// `Ok(true)` when the worker has taken every event before this one: only then does it
     /// need waking (it may be asleep); otherwise it is awake, or another producer wakes it.
+    #[link_section = ".text.hot.login_notification"]
     pub fn push(&self, ev: &LoginEvent) -> Result<bool, PushError> {
         let Some(position) = self.claim() else {
             Stats::count(&self.stats.dropped);
@@ -335,6 +404,7 @@ impl Queue {
     }
 
     /// Reserves the slot at `tail` for the caller, unless the queue is full.
+    #[link_section = ".text.hot.login_notification"]
     fn claim(&self) -> Option<u64> {
         let mut tail = self.tail.load(Ordering::Relaxed);
         loop {
@@ -357,6 +427,7 @@ impl Queue {
 
     /// Copies `ev` into the claimed slot and hands it to the worker; true when the worker
     /// was waiting at exactly this position (see `take`) and must be woken.
+    #[link_section = ".text.hot.login_notification"]
     fn publish(&self, position: u64, ev: &LoginEvent) -> bool {
         // SAFETY: the slot at `position` was claimed by this caller alone (compare-and-swap
         // on tail) and is FREE: nobody else reads or writes its event until it is READY.
@@ -717,6 +788,39 @@ mod tests {
         assert_eq!(s.last_error_at, Some(42));
         q.reset_stats();
         assert_eq!(q.snapshot(), StatsSnapshot::default());
+    }
+
+    #[test]
+    fn hook_histogram_buckets_are_contiguous_and_quantiles_bound_the_calls() {
+        assert_eq!(hook_bucket(0), 0);
+        assert_eq!(hook_bucket(1023), 0);
+        assert_eq!(hook_bucket(1024), 1);
+        // Every bucket starts where the previous one ends.
+        for b in 0..HOOK_BUCKETS - 1 {
+            let limit = hook_bucket_limit(b);
+            assert_eq!(hook_bucket(limit - 1), b, "bucket {b}");
+            assert_eq!(hook_bucket(limit), b + 1, "bucket {b}");
+        }
+        assert_eq!(hook_bucket(u64::MAX), HOOK_BUCKETS - 1);
+        assert!(hook_bucket_limit(HOOK_BUCKETS - 2) >= 1_000_000_000);
+
+        let q = queue(1);
+        assert_eq!(q.stats.hook_quantile(0.5), None);
+        // 90 fast calls (~3 us) and 10 descheduled ones (~2 ms).
+        for _ in 0..90 {
+            q.stats.record_hook(3_000);
+        }
+        for _ in 0..10 {
+            q.stats.record_hook(2_000_000);
+        }
+        let p50 = q.stats.hook_quantile(0.5).unwrap();
+        assert!((3_000..=3_000 * 6 / 5).contains(&p50), "{p50}");
+        assert_eq!(q.stats.hook_quantile(0.9), Some(p50));
+        let p99 = q.stats.hook_quantile(0.99).unwrap();
+        assert!((2_000_000..=2_400_000).contains(&p99), "{p99}");
+        assert_eq!(q.stats.hook_calls.load(Ordering::Relaxed), 100);
+        q.reset_stats();
+        assert_eq!(q.stats.hook_quantile(0.5), None);
     }
 
     #[test]
