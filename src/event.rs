@@ -34,7 +34,7 @@ impl<const N: usize> FixedStr<N> {
 
     /// Copies `src`, truncated to `N` bytes. The cut never splits a UTF-8 sequence, so a
     /// valid UTF-8 input stays valid.
-    #[link_section = ".text.hot.login_notification"]
+    #[cfg_attr(not(test), link_section = ".text.hot.login_notification")]
     pub fn new(src: &[u8]) -> Self {
         let mut end = src.len().min(N);
         if end < src.len() {
@@ -160,7 +160,7 @@ impl LoginEvent {
 
     /// Copies `facts` (truncating at the documented limits), stamped with the current time
     /// and a fresh event id.
-    #[link_section = ".text.hot.login_notification"]
+    #[cfg_attr(not(test), link_section = ".text.hot.login_notification")]
     pub fn new(facts: &LoginFacts) -> LoginEvent {
         let time_us = now_us();
         let mut flags = 0;
@@ -239,7 +239,7 @@ impl LoginEvent {
 }
 
 /// A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then random bits.
-#[link_section = ".text.hot.login_notification"]
+#[cfg_attr(not(test), link_section = ".text.hot.login_notification")]
 pub fn new_event_id(time_us: i64) -> [u8; 16] {
     let mut id = random_bytes();
     let ms = (time_us / 1000).max(0) as u64;
@@ -249,7 +249,7 @@ pub fn new_event_id(time_us: i64) -> [u8; 16] {
     id
 }
 
-#[link_section = ".text.hot.login_notification"]
+#[cfg_attr(not(test), link_section = ".text.hot.login_notification")]
 fn random_bytes() -> [u8; 16] {
     let mut bytes = [0u8; 16];
     // SAFETY: getrandom writes at most bytes.len() bytes into our buffer.
@@ -291,7 +291,7 @@ pub struct ServerInfo {
 /// Microseconds since the Unix epoch, now. Never panics (a clock before 1970 gives 0).
 /// Microseconds since the Unix epoch (0 if the clock is before it). Read through libc, not
 /// std's `SystemTime`: it runs on the login path (see hook.rs on page faults).
-#[link_section = ".text.hot.login_notification"]
+#[cfg_attr(not(test), link_section = ".text.hot.login_notification")]
 pub fn now_us() -> i64 {
     let mut ts = libc::timespec {
         tv_sec: 0,

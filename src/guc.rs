@@ -308,7 +308,7 @@ fn string(setting: &GucSetting<Option<CString>>) -> String {
 }
 
 /// Reads a string setting in place, without copying it (for the login path).
-#[link_section = ".text.hot.login_notification"]
+#[cfg_attr(not(test), link_section = ".text.hot.login_notification")]
 fn with_bytes<R>(setting: &'static GucSetting<Option<CString>>, f: impl FnOnce(&[u8]) -> R) -> R {
     // SAFETY: the setting's storage is NULL or a NUL-terminated string that PostgreSQL
     // replaces only between statements, never while this backend runs the login hook.
@@ -323,7 +323,7 @@ fn with_bytes<R>(setting: &'static GucSetting<Option<CString>>, f: impl FnOnce(&
     f(value)
 }
 
-#[link_section = ".text.hot.login_notification"]
+#[cfg_attr(not(test), link_section = ".text.hot.login_notification")]
 pub fn enabled() -> bool {
     ENABLED.get()
 }
@@ -333,22 +333,22 @@ pub fn function_name() -> String {
 }
 
 /// True when a function is configured (no copy: this runs on the login path).
-#[link_section = ".text.hot.login_notification"]
+#[cfg_attr(not(test), link_section = ".text.hot.login_notification")]
 pub fn function_configured() -> bool {
     with_bytes(&FUNCTION_NAME, |name| !name.is_empty())
 }
 
-#[link_section = ".text.hot.login_notification"]
+#[cfg_attr(not(test), link_section = ".text.hot.login_notification")]
 pub fn notify_on() -> NotifyOn {
     NOTIFY_ON.get()
 }
 
-#[link_section = ".text.hot.login_notification"]
+#[cfg_attr(not(test), link_section = ".text.hot.login_notification")]
 pub fn skip_user(name: &[u8]) -> bool {
     with_bytes(&SKIP_USERS, |list| validate::list_contains(list, name))
 }
 
-#[link_section = ".text.hot.login_notification"]
+#[cfg_attr(not(test), link_section = ".text.hot.login_notification")]
 pub fn skip_database(name: &[u8]) -> bool {
     with_bytes(&SKIP_DATABASES, |list| validate::list_contains(list, name))
 }

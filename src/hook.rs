@@ -11,7 +11,8 @@
 //! So the functions of the login path — here, in `queue`, `event`, `guc`, `validate` and
 //! the C shim — are placed together in one section, `.text.hot.login_notification` (build.rs
 //! keeps it whole), and the path avoids code that lives elsewhere: std's clock, pgrx's guard
-//! around each pg_sys call.
+//! around each pg_sys call. (Not in `cfg(test)` builds: a function with a link_section is
+//! always kept, and the unit-test binary cannot link the PostgreSQL symbols they use.)
 
 use crate::event::{
     self, AuthStatus, EventKind, FixedStr, LoginEvent, LoginFacts, METHOD_LEN, NAME_LEN,
@@ -41,7 +42,7 @@ pub fn init() {
 
 /// No `#[pg_guard]`: everything of ours that could panic or raise an ERROR runs inside
 /// `fail_open`, which catches both; what is outside it cannot fail (a clock read, atomics).
-#[link_section = ".text.hot.login_notification"]
+#[cfg_attr(not(test), link_section = ".text.hot.login_notification")]
 unsafe extern "C-unwind" fn client_authentication(port: *mut Port, status: i32) {
     // SAFETY: the previous hook gets exactly what PostgreSQL gave us; an ERROR it raises is
     // its own and jumps over this frame, which holds nothing to drop at this point.
@@ -83,7 +84,7 @@ fn monotonic_ns() -> u64 {
 /// ERROR is caught (and PostgreSQL's error state flushed), counted, and logged. Returns
 /// whether it caught one. (pgrx turns an ERROR raised inside a pg_sys call into a Rust
 /// panic, so `catch_unwind` sees both.)
-#[link_section = ".text.hot.login_notification"]
+#[cfg_attr(not(test), link_section = ".text.hot.login_notification")]
 pub fn fail_open(part: impl FnOnce() + std::panic::UnwindSafe) -> bool {
     match std::panic::catch_unwind(part) {
         Ok(()) => false,
@@ -110,7 +111,7 @@ fn caught(payload: Box<dyn std::any::Any + Send>) -> bool {
 
 /// Our part of the hook: filter, copy, push, wake.
 #[inline(never)]
-#[link_section = ".text.hot.login_notification"]
+#[cfg_attr(not(test), link_section = ".text.hot.login_notification")]
 fn report(port: *mut Port, status: i32) {
     let Some(queue) = shmem::queue() else { return };
     // SAFETY: PostgreSQL passes the live Port of this connection; we only read it.
@@ -178,7 +179,7 @@ unsafe extern "C-unwind" {
 /// clipped like an identifier (NAMEDATALEN - 1 bytes, whole UTF-8 characters), then
 /// cleaned to printable ASCII as the server version does it: `?` up to PostgreSQL 15,
 /// `\xNN` escapes (clipped again) from 16 on (see `compat`).
-#[link_section = ".text.hot.login_notification"]
+#[cfg_attr(not(test), link_section = ".text.hot.login_notification")]
 fn session_application_name(raw: &[u8], hex_escapes: bool) -> FixedStr<NAME_LEN> {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     // No allocation: the allocator's code is more pages to fault in on the login path.
@@ -210,7 +211,7 @@ fn session_application_name(raw: &[u8], hex_escapes: bool) -> FixedStr<NAME_LEN>
 }
 
 /// Only valid during authentication (see `SESSION_AUTH_METHOD`).
-#[link_section = ".text.hot.login_notification"]
+#[cfg_attr(not(test), link_section = ".text.hot.login_notification")]
 fn auth_method(port: &Port) -> FixedStr<METHOD_LEN> {
     // SAFETY: during authentication `hba` is the matched pg_hba line; the shim returns NULL
     // or a static string.
@@ -242,7 +243,7 @@ pub fn session_event(kind: EventKind, status: AuthStatus, user: &[u8]) -> LoginE
 }
 
 /// Copies the facts of `port` into a fixed-size event.
-#[link_section = ".text.hot.login_notification"]
+#[cfg_attr(not(test), link_section = ".text.hot.login_notification")]
 fn login_event(
     port: &Port,
     kind: EventKind,
@@ -286,11 +287,12 @@ fn login_event(
 }
 
 /// Pushes without waiting (a full queue counts a drop) and wakes the worker if it had
-/// taken everything before this event: a burst costs one wake-up, not one per login.
-#[link_section = ".text.hot.login_notification"]
+/// taken everything before this event and is asleep: a burst costs one wake-up, not one
+/// per login, and while logins keep coming the worker polls and needs none.
+#[cfg_attr(not(test), link_section = ".text.hot.login_notification")]
 pub fn push_and_wake(queue: &Queue, ev: &LoginEvent) -> bool {
     let pushed = queue.push(ev);
-    if pushed == Ok(true) {
+    if pushed == Ok(true) && queue.worker.wake_needed() {
         let latch = queue.worker.latch.load(Ordering::Acquire);
         if !latch.is_null() {
             // SAFETY: the worker published its process latch, which lives in shared memory
@@ -306,7 +308,7 @@ pub fn push_and_wake(queue: &Queue, ev: &LoginEvent) -> bool {
 ///
 /// # Safety
 /// `p` must be NULL or point to a NUL-terminated string that outlives the result.
-#[link_section = ".text.hot.login_notification"]
+#[cfg_attr(not(test), link_section = ".text.hot.login_notification")]
 unsafe fn c_bytes<'a>(p: *const c_char) -> &'a [u8] {
     if p.is_null() {
         b""

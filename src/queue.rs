@@ -150,7 +150,7 @@ impl Stats {
     }
 
     /// Accounts one call of the login hook that took `ns` nanoseconds.
-    #[link_section = ".text.hot.login_notification"]
+    #[cfg_attr(not(test), link_section = ".text.hot.login_notification")]
     pub fn record_hook(&self, ns: u64) {
         Self::count(&self.hook_calls);
         self.hook_ns.fetch_add(ns, Ordering::Relaxed);
@@ -244,7 +244,7 @@ impl Stats {
 
 /// The histogram bucket of a hook call that took `ns`: 0 below 1,024 ns, then four per
 /// doubling (by the two bits after the leading one), the last one open-ended.
-#[link_section = ".text.hot.login_notification"]
+#[cfg_attr(not(test), link_section = ".text.hot.login_notification")]
 fn hook_bucket(ns: u64) -> usize {
     if ns < 1024 {
         return 0;
@@ -271,6 +271,18 @@ fn hook_bucket_limit(bucket: usize) -> u64 {
 pub struct WorkerSlot {
     pub latch: AtomicPtr<std::ffi::c_void>,
     pub pid: AtomicI32,
+    /// Set by the worker before it sleeps until woken: only then does the login path set
+    /// its latch. While logins keep coming, the worker polls instead, and a login costs no
+    /// SetLatch (a kill() and two more pages to fault in).
+    wake_needed: AtomicBool,
+}
+
+impl WorkerSlot {
+    /// For the login path, after `push` returned `Ok(true)`: must the worker be woken?
+    #[cfg_attr(not(test), link_section = ".text.hot.login_notification")]
+    pub fn wake_needed(&self) -> bool {
+        self.wake_needed.load(Ordering::SeqCst)
+    }
 }
 
 /// Why an event was not queued.
@@ -355,6 +367,7 @@ impl Queue {
                 worker: WorkerSlot {
                     latch: AtomicPtr::new(std::ptr::null_mut()),
                     pid: AtomicI32::new(0),
+                    wake_needed: AtomicBool::new(false),
                 },
                 stats: Stats::new(),
             });
@@ -394,7 +407,7 @@ impl Queue {
     /// Queues a copy of `ev` without waiting (lock-free); counts `enqueued` or `dropped`.
     /// `Ok(true)` when the worker has taken every event before this one: only then does it
     /// need waking (it may be asleep); otherwise it is awake, or another producer wakes it.
-    #[link_section = ".text.hot.login_notification"]
+    #[cfg_attr(not(test), link_section = ".text.hot.login_notification")]
     pub fn push(&self, ev: &LoginEvent) -> Result<bool, PushError> {
         let Some(position) = self.claim() else {
             Stats::count(&self.stats.dropped);
@@ -404,7 +417,7 @@ impl Queue {
     }
 
     /// Reserves the slot at `tail` for the caller, unless the queue is full.
-    #[link_section = ".text.hot.login_notification"]
+    #[cfg_attr(not(test), link_section = ".text.hot.login_notification")]
     fn claim(&self) -> Option<u64> {
         let mut tail = self.tail.load(Ordering::Relaxed);
         loop {
@@ -427,7 +440,7 @@ impl Queue {
 
     /// Copies `ev` into the claimed slot and hands it to the worker; true when the worker
     /// was waiting at exactly this position (see `take`) and must be woken.
-    #[link_section = ".text.hot.login_notification"]
+    #[cfg_attr(not(test), link_section = ".text.hot.login_notification")]
     fn publish(&self, position: u64, ev: &LoginEvent) -> bool {
         // SAFETY: the slot at `position` was claimed by this caller alone (compare-and-swap
         // on tail) and is FREE: nobody else reads or writes its event until it is READY.
@@ -467,6 +480,26 @@ impl Queue {
             self.next.store(next, Ordering::SeqCst);
             taken
         })
+    }
+
+    /// For the worker, before it sleeps until woken: asks producers to wake it, then
+    /// returns whether an event is already there to look at (then it must not sleep). The
+    /// SeqCst pair with `publish` + `WorkerSlot::wake_needed`: either this sees the event,
+    /// or its producer sees the request.
+    pub fn sleep_until_woken(&self) -> bool {
+        self.worker.wake_needed.store(true, Ordering::SeqCst);
+        let next = self.next.load(Ordering::SeqCst);
+        let nothing_waiting = next >= self.tail.load(Ordering::SeqCst)
+            || self.state(next).load(Ordering::SeqCst) == FREE;
+        if !nothing_waiting {
+            self.worker.wake_needed.store(false, Ordering::SeqCst);
+        }
+        nothing_waiting
+    }
+
+    /// For the worker once awake (or polling): producers need not wake it.
+    pub fn awake(&self) {
+        self.worker.wake_needed.store(false, Ordering::SeqCst);
     }
 
     /// Marks a delivery as over (sent, failed or spooled). Lock-free: safe from any thread.
@@ -706,6 +739,31 @@ mod tests {
         assert_eq!(deliver(q), None);
         // The worker took everything and may sleep: wake it.
         assert_eq!(q.push(&ev(3)), Ok(true));
+    }
+
+    #[test]
+    fn producers_wake_the_worker_only_when_it_asked_to_be_woken() {
+        let q = queue(8);
+        // Polling (the initial state): nobody needs to wake it.
+        assert_eq!(q.push(&ev(1)), Ok(true));
+        assert!(!q.worker.wake_needed());
+        // It may not sleep while an event waits.
+        assert!(!q.sleep_until_woken());
+        assert!(!q.worker.wake_needed());
+        assert_eq!(deliver(q), Some(1));
+        // Nothing waits: it sleeps, and the next producer must wake it.
+        assert!(q.sleep_until_woken());
+        assert!(q.worker.wake_needed());
+        assert_eq!(q.push(&ev(2)), Ok(true));
+        assert!(q.worker.wake_needed());
+        q.awake();
+        assert!(!q.worker.wake_needed());
+        // A claimed, unpublished slot is nothing to take yet: sleeping is right, its
+        // producer wakes the worker when it publishes.
+        assert_eq!(deliver(q), Some(2));
+        let slow = q.claim().unwrap();
+        assert!(q.sleep_until_woken());
+        assert!(q.publish(slow, &ev(3)) && q.worker.wake_needed());
     }
 
     #[test]

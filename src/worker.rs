@@ -31,6 +31,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Idle wake-up interval (also bounds how late a failure summary is logged).
 const IDLE_WAIT: Duration = Duration::from_secs(1);
+/// While logins keep coming the worker looks at the queue this often instead of being
+/// woken by each one: the login path then skips SetLatch (see `Queue::sleep_until_woken`).
+const POLL_INTERVAL: Duration = Duration::from_millis(5);
+/// How long after the last event the worker keeps polling before it sleeps until woken.
+const KEEP_POLLING: Duration = Duration::from_millis(500);
 /// Longest wait for a free delivery slot before signals and settings are looked at again.
 const BACKLOG_WAIT: Duration = Duration::from_millis(10);
 /// Failed deliveries are summarised in one WARNING at most this often.
@@ -219,6 +224,8 @@ struct Sender {
     limiter: RateLimiter,
     server: ServerInfo,
     backlog: bool,
+    /// When the last event was taken from the queue (polling while logins keep coming).
+    last_event: Instant,
     last_spool_pass: Instant,
     failures_seen: u64,
     last_failure_log: Instant,
@@ -288,6 +295,7 @@ impl Sender {
             limiter: RateLimiter::new(guc::rate_limit(), Instant::now()),
             server: server::info(),
             backlog: false,
+            last_event: Instant::now(),
             last_spool_pass: Instant::now() - SPOOL_RETRY_INTERVAL,
             failures_seen: queue.stats.failed.load(Ordering::Relaxed),
             last_failure_log: Instant::now(),
@@ -324,8 +332,14 @@ impl Sender {
             // signals and postmaster death without sleeping again.
             self.wait_for_slot();
             BackgroundWorker::wait_latch(Some(Duration::ZERO))
+        } else if self.last_event.elapsed() < KEEP_POLLING {
+            BackgroundWorker::wait_latch(Some(POLL_INTERVAL))
+        } else if self.queue.sleep_until_woken() {
+            let alive = BackgroundWorker::wait_latch(Some(IDLE_WAIT));
+            self.queue.awake();
+            alive
         } else {
-            BackgroundWorker::wait_latch(Some(IDLE_WAIT))
+            BackgroundWorker::wait_latch(Some(Duration::ZERO))
         };
         if BackgroundWorker::sighup_received() {
             self.reload();
@@ -423,6 +437,7 @@ impl Sender {
                 self.backlog = false;
                 return;
             };
+            self.last_event = Instant::now();
             if !self.limiter.admit(&ev, Instant::now()) {
                 Stats::count(&self.queue.stats.suppressed);
                 self.queue.complete(ticket);
