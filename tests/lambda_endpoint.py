@@ -18,6 +18,7 @@ can be switched into failure modes:
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -60,6 +61,40 @@ class Request:
         """payload[key] if the payload is a JSON object, else None."""
         payload = self.payload
         return payload.get(key) if isinstance(payload, dict) else None
+
+
+_AUTHORIZATION = re.compile(
+    r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/(?P<service>[^/]+)"
+    r"/aws4_request, SignedHeaders=(?P<signed>[a-z0-9;-]+), Signature=(?P<signature>[0-9a-f]{64})$")
+
+
+def sigv4_problem(request: Request, secret_key: str, session_token: str | None = None) -> str | None:
+    """Why `request`'s SigV4 signature is wrong, or None when AWS would accept it.
+
+    The signature is recomputed from what arrived on the wire (method, raw path, the signed
+    headers, the body) by botocore, AWS's own Python signer: an independent check of the
+    extension's signer.
+    """
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    match = _AUTHORIZATION.match(request.headers.get("authorization", ""))
+    if not match:
+        return f"no SigV4 authorization header: {request.headers.get('authorization')!r}"
+    signed = match["signed"].split(";")
+    missing = [name for name in ("host", "x-amz-date") if name not in signed]
+    if missing:
+        return f"headers not signed: {missing}"
+    aws_request = AWSRequest(method=request.method, url=f"http://{request.headers['host']}{request.raw_path}",
+                             data=request.body, headers={name: request.headers[name] for name in signed})
+    aws_request.context["timestamp"] = request.headers["x-amz-date"]
+    signer = SigV4Auth(Credentials(match["key"], secret_key, session_token), match["service"], match["region"])
+    canonical = signer.canonical_request(aws_request)
+    expected = signer.signature(signer.string_to_sign(aws_request, canonical), aws_request)
+    if expected != match["signature"]:
+        return f"signature {match['signature']} != {expected} for canonical request:\n{canonical}"
+    return None
 
 
 def _error_body(kind: str, message: str) -> bytes:

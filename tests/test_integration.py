@@ -3,7 +3,8 @@
 Scenarios (the number is in each test's name):
 
  1. TCP trust login: exact payload (127.0.0.1, client port, trust, applicationName),
-    sent as an Event invoke of "recorder" with a SigV4 authorization header.
+    sent as an Event invoke of "recorder" with a SigV4 signature that botocore (AWS's own
+    signer) recomputes to the same value.
  2. TCP scram-sha-256 login: exact payload, authMethod scram-sha-256.
  3. Unix-socket login: remoteHost "[local]", remotePort null, authMethod trust.
  4. No application_name sent by the client: applicationName null.
@@ -27,7 +28,7 @@ Scenarios (the number is in each test's name):
 17. HTTP 500 for two attempts then OK, max_retries=2: delivered, retried=2, sent=1.
 18. 404 ResourceNotFound / 403 AccessDenied: not retried, failed=1, last_error set.
 19. function_name reloaded without restart: the next login goes to the new function;
-    a qualified ARN reaches the endpoint URL-encoded in the path.
+    a qualified ARN reaches the endpoint URL-encoded in the path, correctly signed.
 20. invocation_type=request_response: x-amz-invocation-type RequestResponse, counted sent.
 21. send_test(): returns the "test" payload that then arrives unchanged; user_name
     argument; superuser only; error when function_name is empty.
@@ -51,6 +52,7 @@ Scenarios (the number is in each test's name):
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import time
@@ -62,7 +64,8 @@ from psycopg import errors, sql
 
 from harness import (FAST_LOGIN_SECONDS, FUNCTION_NAME, PASSWORD, PAYLOAD_KEYS, SETTING_PREFIX, Harness,
                      assert_json_equal, create_role, stop_cluster)
-from pgcluster import PG_BIN, wait_until
+from lambda_endpoint import sigv4_problem
+from pgcluster import AWS_TEST_ENV, PG_BIN, wait_until
 
 STAT_COLUMNS = [
     ("queued", "bigint"), ("enqueued", "bigint"), ("sent", "bigint"), ("failed", "bigint"),
@@ -107,6 +110,12 @@ def test_01_tcp_trust_login_payload(ln):
     authorization = request.headers.get("authorization", "")
     assert authorization.startswith("AWS4-HMAC-SHA256 Credential=test/"), authorization
     assert "/us-east-1/lambda/aws4_request" in authorization, authorization
+    secret = AWS_TEST_ENV["AWS_SECRET_ACCESS_KEY"]
+    assert sigv4_problem(request, secret) is None, sigv4_problem(request, secret)
+    # The check itself rejects a changed body, path or secret.
+    assert sigv4_problem(dataclasses.replace(request, body=request.body + b" "), secret)
+    assert sigv4_problem(dataclasses.replace(request, raw_path=request.raw_path.replace("/invocations", "/x")), secret)
+    assert sigv4_problem(request, "another secret")
     assert isinstance(login.remote_port, int) and login.remote_port > 0
     assert login.seconds < FAST_LOGIN_SECONDS
     assert counters(ln.wait_stats(lambda s: s["sent"] == 1)) == only(enqueued=1, sent=1)
@@ -331,6 +340,8 @@ def test_19_function_name_reload(ln):
         "/2015-03-31/functions/arn%3Aaws%3Alambda%3Aus-east-1%3A123456789012%3Afunction"
         "%3Arecorder%3Aprod/invocations")
     ln.assert_payload(request.payload, second)
+    assert sigv4_problem(request, AWS_TEST_ENV["AWS_SECRET_ACCESS_KEY"]) is None, sigv4_problem(
+        request, AWS_TEST_ENV["AWS_SECRET_ACCESS_KEY"])
 
 
 def test_20_request_response_invocation(ln):

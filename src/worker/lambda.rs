@@ -7,12 +7,19 @@
 use crate::queue::Stats;
 use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region};
-use aws_sdk_lambda::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_lambda::primitives::Blob;
-use aws_sdk_lambda::types::InvocationType;
-use aws_sdk_lambda::Client;
-use aws_smithy_runtime_api::http::Response as HttpResponse;
-use std::time::Duration;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_sdk_lambda::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
+use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::sign::v4;
+use aws_smithy_http_client::{tls, Connector};
+use aws_smithy_runtime_api::client::http::HttpConnector;
+use aws_smithy_runtime_api::client::identity::Identity;
+use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+use aws_smithy_types::body::SdkBody;
+use aws_smithy_types::byte_stream::ByteStream;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 /// How long loading the AWS configuration (region chain) may take before we give up.
 const CONFIG_LOAD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,15 +79,33 @@ impl DeliveryError {
     }
 }
 
+/// The Invoke client. The AWS SDK's configuration loader supplies the credential chain and
+/// the region, and its endpoint rules pick the URL once per connect; each invocation is
+/// then one request signed with SigV4 (`aws-sigv4`, the signer the SDK itself uses) on the
+/// SDK's own HTTPS connector (connection pool, rustls). The generated client's per-call
+/// machinery (runtime plugins, interceptors, endpoint rules and identity lookups rebuilt for
+/// every request) cost 100-300 µs of CPU per event, more than the rest of the delivery put
+/// together (BENCHMARKS.md, finding 4).
 pub struct Lambda {
-    client: Client,
+    connector: Connector,
+    credentials: SharedCredentialsProvider,
+    identity: Mutex<Option<Identity>>,
+    refresh: tokio::sync::Mutex<()>,
+    region: String,
+    /// `{endpoint}/2015-03-31/functions/{FunctionName}/invocations`, label percent-encoded.
+    uri: String,
     target: Target,
 }
 
+/// Cached credentials are refreshed this long before they expire.
+const CREDENTIALS_REFRESH_MARGIN: Duration = Duration::from_secs(300);
+const USER_AGENT: &str = concat!("login_notification/", env!("CARGO_PKG_VERSION"));
+
 impl Lambda {
     /// Builds the client: the default credential chain (environment, profile, web identity,
-    /// ECS/EC2 roles), our region and endpoint, and no SDK retries (we retry ourselves, to
-    /// count them and to bound each attempt).
+    /// ECS/EC2 roles), our region and endpoint (else the SDK's endpoint rules for the
+    /// region, FIPS and dual-stack settings included). Retries are ours, to count them and
+    /// to bound each attempt.
     pub async fn connect(target: Target) -> Result<Lambda, String> {
         let mut loader =
             aws_config::defaults(BehaviorVersion::latest()).retry_config(RetryConfig::disabled());
@@ -93,15 +118,47 @@ impl Lambda {
         let config = tokio::time::timeout(CONFIG_LOAD_TIMEOUT, loader.load())
             .await
             .map_err(|_| "timed out loading the AWS configuration".to_string())?;
-        if config.region().is_none() {
+        let Some(region) = config.region().map(|r| r.as_ref().to_owned()) else {
             return Err(
                 "no AWS region: set login_notification.region, use a function ARN, \
                         or set AWS_REGION for the server"
                     .into(),
             );
-        }
+        };
+        let credentials = config
+            .credentials_provider()
+            .ok_or_else(|| "the AWS configuration has no credentials provider".to_string())?;
+        let params = Params::builder()
+            .region(region.clone())
+            .set_use_fips(config.use_fips())
+            .set_use_dual_stack(config.use_dual_stack())
+            .set_endpoint(config.endpoint_url().map(str::to_owned))
+            .build()
+            .map_err(|e| format!("invalid endpoint parameters: {e}"))?;
+        let endpoint = DefaultResolver::new()
+            .resolve_endpoint(&params)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot resolve the Lambda endpoint: {}",
+                    DisplayErrorContext(&*e)
+                )
+            })?;
+        let uri = invoke_uri(endpoint.url(), &target.function_name);
+        uri.parse::<http::Uri>()
+            .map_err(|e| format!("invalid Lambda endpoint {uri:?}: {e}"))?;
+        let connector = Connector::builder()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::AwsLc,
+            ))
+            .build();
         Ok(Lambda {
-            client: Client::new(&config),
+            connector,
+            credentials,
+            identity: Mutex::new(None),
+            refresh: tokio::sync::Mutex::new(()),
+            region,
+            uri,
             target,
         })
     }
@@ -137,59 +194,177 @@ impl Lambda {
         }
     }
 
+    /// Credentials from the cache, or from the chain when missing or about to expire.
+    async fn identity(&self) -> Result<Identity, DeliveryError> {
+        if let Some(identity) = self.cached_identity() {
+            return Ok(identity);
+        }
+        let _single_flight = self.refresh.lock().await;
+        if let Some(identity) = self.cached_identity() {
+            return Ok(identity);
+        }
+        match self.credentials.provide_credentials().await {
+            Ok(credentials) => {
+                let identity = Identity::from(credentials);
+                *lock(&self.identity) = Some(identity.clone());
+                Ok(identity)
+            }
+            Err(e) => Err(DeliveryError::Retryable(format!(
+                "cannot load AWS credentials: {}",
+                DisplayErrorContext(&e)
+            ))),
+        }
+    }
+
+    fn cached_identity(&self) -> Option<Identity> {
+        let cached = lock(&self.identity);
+        let identity = cached.as_ref()?;
+        match identity.expiration() {
+            Some(expiry) if expiry <= SystemTime::now() + CREDENTIALS_REFRESH_MARGIN => None,
+            _ => Some(identity.clone()),
+        }
+    }
+
     async fn invoke(&self, payload: &[u8]) -> Result<(), DeliveryError> {
-        let invocation = match self.target.invocation {
-            InvocationKind::Event => InvocationType::Event,
-            InvocationKind::RequestResponse => InvocationType::RequestResponse,
-        };
-        let out = self
-            .client
-            .invoke()
-            .function_name(&self.target.function_name)
-            .invocation_type(invocation)
-            .payload(Blob::new(payload))
-            .send()
+        let identity = self.identity().await?;
+        let request = self.signed_request(payload, &identity, SystemTime::now())?;
+        let response = self.connector.call(request).await.map_err(|e| {
+            DeliveryError::Retryable(format!("dispatch failure: {}", DisplayErrorContext(&e)))
+        })?;
+        let status = response.status().as_u16();
+        let function_error = response
+            .headers()
+            .get("x-amz-function-error")
+            .map(str::to_owned);
+        let error_type = response
+            .headers()
+            .get("x-amzn-errortype")
+            .map(str::to_owned);
+        // Read the whole answer, so that the connection goes back to the pool.
+        let body = ByteStream::new(response.into_body())
+            .collect()
             .await
-            .map_err(classify)?;
-        match out.function_error() {
+            .map_err(|e| {
+                DeliveryError::Retryable(format!(
+                    "reading the answer (HTTP {status}): {}",
+                    DisplayErrorContext(&e)
+                ))
+            })?
+            .into_bytes();
+        if !(200..300).contains(&status) {
+            return Err(service_error(status, error_type.as_deref(), &body));
+        }
+        match function_error {
             Some(kind) => Err(DeliveryError::Permanent(format!(
                 "the function failed (X-Amz-Function-Error: {kind})"
             ))),
             None => Ok(()),
         }
     }
-}
 
-/// Throttling, 5xx, timeouts and network failures may pass on retry; other 4xx (unknown
-/// function, access denied, bad request) will not.
-fn classify<E>(err: SdkError<E, HttpResponse>) -> DeliveryError
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-{
-    match &err {
-        SdkError::ServiceError(service) => {
-            let status = service_status(&err);
-            let inner = service.err();
-            let text = format!(
-                "{} (HTTP {}): {}",
-                inner.code().unwrap_or("error"),
-                status.map_or("?".to_string(), |s| s.to_string()),
-                inner.message().unwrap_or("no message")
-            );
-            match status {
-                Some(429) | Some(500..=599) => DeliveryError::Retryable(text),
-                _ => DeliveryError::Permanent(text),
-            }
+    /// The Invoke request for `payload`, signed with SigV4 at `time`.
+    fn signed_request(
+        &self,
+        payload: &[u8],
+        identity: &Identity,
+        time: SystemTime,
+    ) -> Result<HttpRequest, DeliveryError> {
+        let content_length = payload.len().to_string();
+        let headers = [
+            ("content-type", "application/octet-stream"),
+            ("content-length", content_length.as_str()),
+            (
+                "x-amz-invocation-type",
+                match self.target.invocation {
+                    InvocationKind::Event => "Event",
+                    InvocationKind::RequestResponse => "RequestResponse",
+                },
+            ),
+        ];
+        let unsignable = |e: &dyn std::fmt::Display| {
+            DeliveryError::Permanent(format!("cannot sign the request: {e}"))
+        };
+        let params = v4::SigningParams::builder()
+            .identity(identity)
+            .region(&self.region)
+            .name("lambda")
+            .time(time)
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| unsignable(&e))?
+            .into();
+        let signable = SignableRequest::new(
+            "POST",
+            self.uri.as_str(),
+            headers.iter().copied(),
+            SignableBody::Bytes(payload),
+        )
+        .map_err(|e| unsignable(&e))?;
+        let (instructions, _signature) = sign(signable, &params)
+            .map_err(|e| unsignable(&e))?
+            .into_parts();
+        let mut builder = http::Request::builder()
+            .method("POST")
+            .uri(self.uri.as_str())
+            .header("user-agent", USER_AGENT);
+        for (name, value) in headers {
+            builder = builder.header(name, value);
         }
-        SdkError::ConstructionFailure(_) => {
-            DeliveryError::Permanent(format!("{}", DisplayErrorContext(&err)))
-        }
-        _ => DeliveryError::Retryable(format!("{}", DisplayErrorContext(&err))),
+        let mut request = builder
+            .body(SdkBody::from(payload.to_vec()))
+            .map_err(|e| unsignable(&e))?;
+        instructions.apply_to_request_http1x(&mut request);
+        HttpRequest::try_from(request).map_err(|e| unsignable(&e))
     }
 }
 
-fn service_status<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
-    err.raw_response().map(|r| r.status().as_u16())
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `{endpoint}/2015-03-31/functions/{FunctionName}/invocations`: the function name (or
+/// ARN, with its qualifier) is one path label, every byte but `A-Za-z0-9-._~`
+/// percent-encoded, as the SDK encodes it.
+fn invoke_uri(endpoint: &str, function_name: &str) -> String {
+    let mut uri = endpoint.trim_end_matches('/').to_owned();
+    uri.push_str("/2015-03-31/functions/");
+    for b in function_name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            uri.push(char::from(b));
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push_str("/invocations");
+    uri
+}
+
+/// An error answer of the Lambda API: the error code from `x-amzn-ErrorType` (else the
+/// JSON body's `__type`/`code`), its message from the body. Throttling (429) and 5xx may
+/// pass on retry; other 4xx (unknown function, access denied, bad request) will not.
+fn service_error(status: u16, error_type: Option<&str>, body: &[u8]) -> DeliveryError {
+    let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let field = |names: &[&str]| -> Option<String> {
+        let json = json.as_ref()?;
+        names
+            .iter()
+            .find_map(|name| json.get(*name).and_then(|v| v.as_str()).map(str::to_owned))
+    };
+    let code = error_type
+        .map(|t| t.split(':').next().unwrap_or(t).to_owned())
+        .or_else(|| field(&["__type", "code"]))
+        .map(|c| c.rsplit('#').next().unwrap_or(&c).to_owned())
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "error".to_owned());
+    let message =
+        field(&["message", "Message", "errorMessage"]).unwrap_or_else(|| "no message".to_owned());
+    let text = format!("{code} (HTTP {status}): {message}");
+    match status {
+        429 | 500..=599 => DeliveryError::Retryable(text),
+        _ => DeliveryError::Permanent(text),
+    }
 }
 
 /// 100 ms, 200 ms, 400 ms … capped at 5 s, each with up to 50% random jitter.
@@ -214,6 +389,55 @@ mod tests {
         );
         assert!(backoff(2) >= Duration::from_millis(400));
         assert!(backoff(30) <= BACKOFF_MAX.mul_f64(1.5));
+    }
+
+    #[test]
+    fn the_function_name_is_one_encoded_path_label() {
+        assert_eq!(
+            invoke_uri("https://lambda.eu-west-1.amazonaws.com", "notifier"),
+            "https://lambda.eu-west-1.amazonaws.com/2015-03-31/functions/notifier/invocations"
+        );
+        assert_eq!(
+            invoke_uri(
+                "http://127.0.0.1:4566/",
+                "arn:aws:lambda:us-east-1:123456789012:function:my-fn_1.x:prod"
+            ),
+            "http://127.0.0.1:4566/2015-03-31/functions/\
+             arn%3Aaws%3Alambda%3Aus-east-1%3A123456789012%3Afunction%3Amy-fn_1.x%3Aprod/invocations"
+        );
+        assert_eq!(
+            invoke_uri("http://h", "a/b c"),
+            "http://h/2015-03-31/functions/a%2Fb%20c/invocations"
+        );
+    }
+
+    #[test]
+    fn error_answers_are_named_and_classified() {
+        let e = service_error(
+            404,
+            Some("ResourceNotFoundException:http://internal.amazon.com/"),
+            br#"{"Type":"User","Message":"Function not found: arn:aws:lambda:x"}"#,
+        );
+        assert!(!e.retryable());
+        assert_eq!(
+            e.to_string(),
+            "ResourceNotFoundException (HTTP 404): Function not found: arn:aws:lambda:x"
+        );
+        let e = service_error(
+            429,
+            None,
+            br#"{"__type":"com.amazon#TooManyRequestsException","message":"Rate exceeded"}"#,
+        );
+        assert!(e.retryable());
+        assert_eq!(
+            e.to_string(),
+            "TooManyRequestsException (HTTP 429): Rate exceeded"
+        );
+        let e = service_error(503, None, b"<html>bad gateway</html>");
+        assert!(e.retryable());
+        assert_eq!(e.to_string(), "error (HTTP 503): no message");
+        assert!(!service_error(400, Some("InvalidRequestContentException"), b"").retryable());
+        assert!(!service_error(301, None, b"").retryable());
     }
 
     #[test]
