@@ -5,6 +5,13 @@
 //! The main thread is the only one that touches PostgreSQL (latch, settings, recovery
 //! state). Deliveries run as tokio tasks that see only plain values and report through the
 //! queue's atomic counters, the queue's lock-free `complete`, and the spool's mutex.
+//!
+//! The runtime is a current-thread one, driven by the main thread itself: while anything is
+//! in flight (or logins keep coming) the loop runs it in short slices (`drive`), between
+//! which it looks at the queue, signals and settings; when all is quiet it sleeps on its
+//! latch instead. One thread does everything, so a delivery costs no cross-thread wake-up:
+//! on this kind of VM the context switches between the main thread and runtime threads
+//! were a third of the worker's CPU per event (BENCHMARKS.md, finding 7).
 
 pub mod lambda;
 pub mod limit;
@@ -33,7 +40,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 /// While logins keep coming the worker looks at the queue this often instead of being
 /// woken by each one: the login path then skips SetLatch (see `Queue::sleep_until_woken`).
+/// It runs the deliveries in between.
 const POLL_INTERVAL: Duration = Duration::from_millis(5);
+/// While deliveries are in flight but no new event came for a while, the runtime runs in
+/// slices this long (a new event then waits at most this long to be taken).
+const IN_FLIGHT_SLICE: Duration = Duration::from_millis(20);
+/// After sleeping on the latch, the runtime first runs this long on its own, so that
+/// connections the endpoint closed meanwhile are noticed before a request picks one.
+const WAKE_UP_SLICE: Duration = Duration::from_millis(1);
 /// How long after the last event the worker keeps polling before it sleeps until woken.
 const KEEP_POLLING: Duration = Duration::from_millis(500);
 /// Longest wait for a free delivery slot before signals and settings are looked at again.
@@ -269,8 +283,9 @@ impl Sender {
             .stats
             .spooled
             .store(spool.len() as u64, Ordering::Relaxed);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+        // Current-thread: the main thread drives it (see the module comment); threads of
+        // its blocking pool (file reads of the credential chain) start with signals blocked.
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .thread_name("login_notification-io")
             .enable_all()
             .on_thread_start(block_signals)
@@ -326,21 +341,25 @@ impl Sender {
 
     /// One turn of the loop. Returns false once SIGTERM (or postmaster death) arrived.
     fn run_once(&mut self) -> bool {
-        let alive = if self.backlog {
-            // Every delivery slot is busy: sleep until one frees (not a fixed poll, which
-            // would cap delivery at max_concurrency per BACKLOG_WAIT), then look at
-            // signals and postmaster death without sleeping again.
+        if self.backlog {
+            // Every delivery slot is busy: run the deliveries until one frees (not a fixed
+            // poll, which would cap delivery at max_concurrency per BACKLOG_WAIT).
             self.wait_for_slot();
-            BackgroundWorker::wait_latch(Some(Duration::ZERO))
         } else if self.last_event.elapsed() < KEEP_POLLING {
-            BackgroundWorker::wait_latch(Some(POLL_INTERVAL))
+            self.drive(POLL_INTERVAL);
+        } else if self.busy() {
+            self.drive(IN_FLIGHT_SLICE);
         } else if self.queue.sleep_until_woken() {
             let alive = BackgroundWorker::wait_latch(Some(IDLE_WAIT));
             self.queue.awake();
-            alive
-        } else {
-            BackgroundWorker::wait_latch(Some(Duration::ZERO))
-        };
+            if !alive {
+                return false;
+            }
+            self.drive(WAKE_UP_SLICE);
+        }
+        // Signals and postmaster death, without sleeping: their handlers only set flags and
+        // the latch, which a slice of the runtime does not look at.
+        let alive = BackgroundWorker::wait_latch(Some(Duration::ZERO));
         if BackgroundWorker::sighup_received() {
             self.reload();
         }
@@ -354,9 +373,20 @@ impl Sender {
         alive
     }
 
-    /// Blocks until a delivery slot is free (kept for the next dispatch) or BACKLOG_WAIT
-    /// passed. SIGTERM and SIGHUP still reach the main thread: their handlers only set
-    /// flags and the latch, which the caller looks at right after.
+    /// Runs the deliveries (and nothing else) on this thread for `slice`.
+    fn drive(&self, slice: Duration) {
+        self.runtime.block_on(tokio::time::sleep(slice));
+    }
+
+    /// Whether a delivery or a spool pass is under way: the runtime must then be driven.
+    fn busy(&self) -> bool {
+        self.shared.in_flight_count.load(Ordering::Relaxed) > 0
+            || self.shared.spool_pass_running.load(Ordering::Acquire)
+    }
+
+    /// Runs the deliveries until a delivery slot is free (kept for the next dispatch) or
+    /// BACKLOG_WAIT passed. SIGTERM and SIGHUP still reach the main thread: their handlers
+    /// only set flags and the latch, which the caller looks at right after.
     fn wait_for_slot(&mut self) {
         if self.spare_slot.is_some() {
             return;
@@ -517,7 +547,7 @@ impl Sender {
             if (idle && self.queue.len() == 0) || Instant::now() >= deadline {
                 break;
             }
-            std::thread::sleep(BACKLOG_WAIT);
+            self.drive(BACKLOG_WAIT);
         }
         // Stop the deliveries still under way (at their next await point). Each one either
         // completed its ticket, or is still listed in `in_flight` and is spooled here.
