@@ -375,7 +375,9 @@ impl Sender {
 
     /// Runs the deliveries (and nothing else) on this thread for `slice`.
     fn drive(&self, slice: Duration) {
-        self.runtime.block_on(tokio::time::sleep(slice));
+        // The timer is created inside the runtime's context (block_on's future), not before.
+        self.runtime
+            .block_on(async move { tokio::time::sleep(slice).await });
     }
 
     /// Whether a delivery or a spool pass is under way: the runtime must then be driven.
