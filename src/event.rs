@@ -288,7 +288,6 @@ pub struct ServerInfo {
     pub in_recovery: bool,
 }
 
-/// Microseconds since the Unix epoch, now. Never panics (a clock before 1970 gives 0).
 /// Microseconds since the Unix epoch (0 if the clock is before it). Read through libc, not
 /// std's `SystemTime`: it runs on the login path (see hook.rs on page faults).
 #[cfg_attr(not(test), link_section = ".text.hot.login_notification")]
