@@ -92,8 +92,10 @@ pub struct Lambda {
     identity: Mutex<Option<Identity>>,
     refresh: tokio::sync::Mutex<()>,
     region: String,
-    /// `{endpoint}/2015-03-31/functions/{FunctionName}/invocations`, label percent-encoded.
+    /// `{endpoint}/2015-03-31/functions/{FunctionName}/invocations`, label percent-encoded:
+    /// as text for the signer, and parsed once for the requests.
     uri: String,
+    parsed_uri: http::Uri,
     target: Target,
 }
 
@@ -145,7 +147,8 @@ impl Lambda {
                 )
             })?;
         let uri = invoke_uri(endpoint.url(), &target.function_name);
-        uri.parse::<http::Uri>()
+        let parsed_uri = uri
+            .parse::<http::Uri>()
             .map_err(|e| format!("invalid Lambda endpoint {uri:?}: {e}"))?;
         let connector = Connector::builder()
             .tls_provider(tls::Provider::Rustls(
@@ -159,6 +162,7 @@ impl Lambda {
             refresh: tokio::sync::Mutex::new(()),
             region,
             uri,
+            parsed_uri,
             target,
         })
     }
@@ -305,7 +309,7 @@ impl Lambda {
             .into_parts();
         let mut builder = http::Request::builder()
             .method("POST")
-            .uri(self.uri.as_str())
+            .uri(self.parsed_uri.clone())
             .header("user-agent", USER_AGENT);
         for (name, value) in headers {
             builder = builder.header(name, value);
